@@ -1,0 +1,181 @@
+"""Typed experiment configs: YAML files plus `key=value` overrides, validated by pydantic.
+
+Unknown keys and values of the wrong type are errors that name the dotted key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and the problem."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModalityConfig(Strict):
+    """One modality: its kind (a key of mmvae.modalities.MODALITY_KINDS), shape and likelihood."""
+
+    kind: str
+    shape: list[int] = Field(min_length=1)
+    private_dim: int = Field(default=4, ge=1)
+    private_feature_dim: int = Field(default=32, ge=1)
+    hidden: list[int] = Field(default_factory=lambda: [400])
+    likelihood: Literal["gaussian", "laplace", "bernoulli", "categorical"] = "laplace"
+    likelihood_scale: float = Field(default=1.0, gt=0)
+    # Weight of this modality's reconstruction term; "auto" corrects for size (see model.reconstruction_weights).
+    recon_weight: float | Literal["auto"] = "auto"
+    options: dict[str, Any] = Field(default_factory=dict)  # kind-specific settings, checked by the kind
+
+
+class ModelConfig(Strict):
+    modalities: dict[str, ModalityConfig] = Field(min_length=1)
+    joint_dim: int = Field(default=20, ge=1)
+    joint_feature_dim: int = Field(default=64, ge=1)
+    fusion: Literal["concat", "poe"] = "poe"
+    fusion_hidden: list[int] = Field(default_factory=lambda: [256])
+    # Training only: chance that each present modality is hidden from the joint encoder for a sample (at
+    # least one stays). Every present modality is still reconstructed, so decoders learn to rebuild x_m
+    # from a joint factor inferred from the other modalities: cross-reconstruction, which makes every
+    # expert carry the shared factor on its own.
+    joint_subset_drop: float = Field(default=0.0, ge=0, lt=1)
+    num_classes: int = Field(default=10, ge=0)  # 0: no label head
+    label_hidden: list[int] = Field(default_factory=lambda: [64])
+
+
+class LossConfig(Strict):
+    prior_match: Literal["kl", "mmd"] = "kl"
+    mmd_kernel: Literal["rbf", "imq"] = "rbf"
+    mmd_gather: bool = True  # under DDP: all-gather latents (with gradient) before MMD; False = per-rank estimate
+    label_weight: float = Field(default=1.0, ge=0)
+    recon_weight: float = Field(default=1.0, ge=0)  # multiplies every modality's own weight
+    prior_weight: float = Field(default=1.0, ge=0)
+    beta_joint: float = Field(default=1.0, ge=0)
+    beta_private: float = Field(default=1.0, ge=0)
+    beta_warmup_steps: int = Field(default=0, ge=0)  # linear ramp of both betas from 0
+
+
+class DataConfig(Strict):
+    name: Literal["toy", "mnist_svhn"] = "toy"
+    path: str | None = None  # prepared dataset folder (mnist_svhn)
+    loader: Literal["indexed", "dataloader"] = "indexed"
+    on_device: bool = False  # hold the whole dataset on the training device
+    num_workers: int = Field(default=0, ge=0)  # dataloader path only
+    train_size: int = Field(default=4096, ge=1)  # toy only
+    test_size: int = Field(default=1024, ge=1)  # toy only
+    missing_prob: float = Field(default=0.0, ge=0, lt=1)  # toy only: chance each modality is absent
+
+
+class TrainConfig(Strict):
+    epochs: int = Field(default=10, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = Field(default=5.0, gt=0)
+    schedule: Literal["constant", "cosine"] = "cosine"
+    warmup_steps: int = Field(default=0, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0, le=1)
+    grad_accum_steps: int = Field(default=1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    precision: Literal["fp32", "bf16"] = "fp32"
+    compile: bool = False
+    eval_every: int = Field(default=500, ge=1)
+    eval_batches: int = Field(default=8, ge=1)
+    checkpoint_every: int = Field(default=500, ge=1)
+    keep_checkpoints: int = Field(default=3, ge=1)
+    log_every: int = Field(default=50, ge=1)
+    dist_timeout_s: int = Field(default=600, ge=10)
+
+
+class LoggingConfig(Strict):
+    wandb_mode: Literal["offline", "online", "disabled"] = "offline"
+    wandb_project: str = "mmvae"
+    progress_bar: bool = True
+
+
+class ExperimentConfig(Strict):
+    name: str = "experiment"
+    seed: int = 0
+    out_dir: str = "runs"
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig
+    loss: LossConfig = Field(default_factory=LossConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _check_data_path(self) -> "ExperimentConfig":
+        if self.data.name == "mnist_svhn" and not self.data.path:
+            raise ValueError("data.path must name a prepared MNIST-SVHN folder (see `mmvae prepare mnist-svhn`)")
+        return self
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"  unknown key '{key}'")
+        else:
+            lines.append(f"  key '{key}': {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def apply_override(tree: dict, override: str) -> None:
+    """Apply one `a.b.c=value` override in place; the value is parsed as YAML (`lr=3e-4`, `hidden=[64,64]`)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} is not of the form key=value")
+    key, raw = override.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {override!r} has an empty key part")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {override!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+        node = child
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+
+
+def config_from_dict(tree: dict, source: str = "<dict>") -> ExperimentConfig:
+    """Validate a plain dict as an ExperimentConfig."""
+    try:
+        return ExperimentConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read a YAML config, apply overrides, validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(tree, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(tree).__name__}")
+    for override in overrides:
+        apply_override(tree, override)
+    return config_from_dict(tree, source=str(path))
+
+
+def config_to_yaml(config: ExperimentConfig) -> str:
+    """The fully resolved config as YAML (saved in every run folder)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,1 @@
+"""Datasets over prepared arrays, and the loader that turns them into batches."""

@@ -1,0 +1,108 @@
+"""`mmvae evaluate RUN`: metrics on the test split, written as JSON and markdown.
+
+Metric functions take arrays or a model plus a batch source; each returns a flat dict of floats.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from mmvae.data.loader import ShuffledBatches
+from mmvae.data.source import BatchSource, batch_to
+from mmvae.iwae import iwae_log_likelihood
+from mmvae.losses import compute_loss
+from mmvae.model import FactorizedMultimodalVAE
+from mmvae.runs import LoadedRun
+
+
+def _batches(source: BatchSource, batch_size: int, limit: int | None):
+    loader = ShuffledBatches(source, batch_size, seed=0, shuffle=False, drop_last=False)
+    n = 0
+    for batch in loader.epoch(0):
+        if limit is not None and n >= limit:
+            return
+        take = batch if limit is None else {  # trim the last batch to exactly `limit` samples
+            "x": {m: t[: limit - n] for m, t in batch["x"].items()},
+            "present": {m: t[: limit - n] for m, t in batch["present"].items()},
+            "y": batch["y"][: limit - n],
+        }
+        n += take["y"].shape[0]
+        yield take
+
+
+@torch.no_grad()
+def loss_metrics(model: FactorizedMultimodalVAE, run: LoadedRun, source: BatchSource, limit: int | None, device) -> dict[str, float]:
+    """Mean of every loss term over the first `limit` test samples (posterior samples, fixed seed)."""
+    sums: dict[str, float] = {}
+    count = 0
+    for batch in _batches(source, 256, limit):
+        batch = batch_to(batch, device)
+        out = model(batch)
+        loss = compute_loss(model, out, batch, run.config.loss, step=10**9)
+        b = batch["y"].shape[0]
+        for k, v in loss.as_log("test/").items():
+            sums[k] = sums.get(k, 0.0) + float(v) * b
+        count += b
+    return {k: v / count for k, v in sums.items()}
+
+
+@torch.no_grad()
+def label_accuracy(model: FactorizedMultimodalVAE, source: BatchSource, limit: int | None, device) -> dict[str, float]:
+    """Label accuracy of the head on the joint posterior mean, from all modalities and from each one alone."""
+    if model.label_head is None:
+        return {}
+    subsets = {"all": model.names, **{m: [m] for m in model.names}}
+    correct = {k: 0 for k in subsets}
+    count = 0
+    for batch in _batches(source, 256, limit):
+        batch = batch_to(batch, device)
+        inputs = model.preprocess(batch["x"])
+        known = batch["y"] >= 0
+        for key, names in subsets.items():
+            present = {m: batch["present"][m] & (m in names) for m in model.names}
+            pred = model.classify(model.encode(inputs, present).joint.mu).argmax(-1)
+            correct[key] += int((pred[known] == batch["y"][known]).sum())
+        count += int(known.sum())
+    return {f"label_accuracy/{k}": c / max(count, 1) for k, c in correct.items()}
+
+
+def iwae_metric(model: FactorizedMultimodalVAE, source: BatchSource, num_samples: int, limit: int, device) -> dict[str, float]:
+    """Mean IWAE log-likelihood (nats per sample) over the first `limit` test samples."""
+    total, count = 0.0, 0
+    for batch in _batches(source, 32, limit):
+        ll = iwae_log_likelihood(model, batch_to(batch, device), num_samples)
+        total += float(ll.sum())
+        count += ll.shape[0]
+    return {f"iwae_log_likelihood/K={num_samples}": total / max(count, 1), "iwae_samples": count}
+
+
+def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | None = None,
+                 iwae_samples: int = 1000, iwae_limit: int = 256, seed: int = 0) -> dict:
+    """All core metrics; writes metrics.json and metrics.md into out_dir."""
+    device = next(run.model.parameters()).device
+    torch.manual_seed(seed)
+    metrics: dict = {"step": run.step, "test_samples": len(test) if limit is None else min(limit, len(test))}
+    metrics.update(loss_metrics(run.model, run, test, limit, device))
+    metrics.update(label_accuracy(run.model, test, limit, device))
+    if iwae_samples > 0:
+        metrics.update(iwae_metric(run.model, test, iwae_samples, iwae_limit, device))
+    metrics["provenance"] = getattr(test, "provenance", {})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
+    (out_dir / "metrics.md").write_text(metrics_markdown(metrics, run))
+    return metrics
+
+
+def metrics_markdown(metrics: dict, run: LoadedRun) -> str:
+    """A small markdown table of every numeric metric."""
+    lines = [f"# Evaluation of `{run.run_dir}` at step {run.step}", "", "| metric | value |", "|---|---|"]
+    for k, v in metrics.items():
+        if isinstance(v, (int, float)):
+            lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    prov = metrics.get("provenance")
+    if prov:
+        lines += ["", "Data provenance: " + ", ".join(f"{k}={v}" for k, v in prov.items() if not isinstance(v, dict))]
+    return "\n".join(lines) + "\n"

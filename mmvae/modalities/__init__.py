@@ -1,0 +1,26 @@
+"""Registry of modality kinds: a plain dict from kind name to class."""
+
+from __future__ import annotations
+
+from mmvae.config import ModalityConfig
+from mmvae.modalities.base import Modality
+from mmvae.modalities.image import ImageConv, ImageMLP
+from mmvae.modalities.vector import Vector
+
+MODALITY_KINDS: dict[str, type[Modality]] = {
+    ImageMLP.kind: ImageMLP,
+    ImageConv.kind: ImageConv,
+    Vector.kind: Vector,
+}
+
+
+def build_modality(name: str, config: ModalityConfig, decoder_in: int) -> Modality:
+    """Instantiate the modality class registered for `config.kind`."""
+    if config.kind not in MODALITY_KINDS:
+        raise ValueError(
+            f"modality '{name}': unknown kind {config.kind!r}; registered kinds: {sorted(MODALITY_KINDS)}"
+        )
+    return MODALITY_KINDS[config.kind](name, config, decoder_in)
+
+
+__all__ = ["MODALITY_KINDS", "Modality", "build_modality"]
