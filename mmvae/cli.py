@@ -55,6 +55,21 @@ def _add_demo(sub) -> None:
     p.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
 
 
+# Subcommands that live beside their feature: module path -> (name of its `add_parser(subparsers)`,
+# name of its `run(args) -> int`). Adding a command is one line here.
+EXTENSION_COMMANDS: dict[str, tuple[str, str, str]] = {
+    "prepare": ("data_prep.cli", "add_prepare_parser", "run_prepare"),
+}
+
+
+def _extension(name: str):
+    import importlib
+
+    module_name, add_name, run_name = EXTENSION_COMMANDS[name]
+    module = importlib.import_module(module_name)
+    return getattr(module, add_name), getattr(module, run_name)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mmvae", description="Multimodal disentanglement: joint and private factors.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -62,12 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_sample(sub)
     _add_demo(sub)
-    try:
-        from data_prep.cli import add_prepare_parser
-    except ImportError:  # data_prep not installed alongside: prepare is unavailable, the rest works
-        add_prepare_parser = None
-    if add_prepare_parser is not None:
-        add_prepare_parser(sub)
+    for name in EXTENSION_COMMANDS:
+        add_parser, _ = _extension(name)
+        add_parser(sub)
     return parser
 
 
@@ -138,21 +150,15 @@ def main(argv: list[str] | None = None) -> int:
     from mmvae.checkpoint import CheckpointError
     from mmvae.config import ConfigError
 
-    known_errors: tuple[type[BaseException], ...] = (ConfigError, CheckpointError, FileNotFoundError, FileExistsError)
-    try:
-        from data_prep.errors import DataError
+    from data_prep.errors import DataError
+    from mmvae.train import NonFiniteLossError
 
-        known_errors += (DataError,)
-    except ImportError:
-        pass
+    known_errors = (ConfigError, CheckpointError, DataError, NonFiniteLossError, FileNotFoundError, FileExistsError)
     args = build_parser().parse_args(argv)
     handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "demo": cmd_demo}
+    handler = handlers.get(args.command) or _extension(args.command)[1]
     try:
-        if args.command in handlers:
-            return handlers[args.command](args)
-        from data_prep.cli import run_prepare
-
-        return run_prepare(args)
+        return handler(args)
     except known_errors as exc:
         print(f"mmvae {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -18,6 +18,9 @@ def save_grid(modality: Modality, x: Tensor, path: Path, nrow: int, title: str |
     if modality.is_image():
         from torchvision.utils import save_image
 
+        scale = max(1, 48 // x.shape[-1])  # small images are enlarged (nearest) so a grid is readable
+        if scale > 1:
+            x = torch.nn.functional.interpolate(x, scale_factor=scale, mode="nearest")
         save_image(x.clamp(0, 1), path, nrow=nrow, padding=2, pad_value=0.5)
         return path
     return _save_line_grid(x.flatten(1), path, nrow, title)
@@ -43,7 +46,7 @@ def _save_line_grid(x: Tensor, path: Path, nrow: int, title: str | None) -> Path
             ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout(pad=0.2)
+    fig.tight_layout(pad=0.2, rect=(0, 0, 1, 0.96 if title else 1))
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
