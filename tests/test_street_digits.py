@@ -1,0 +1,104 @@
+"""The offline SVHN stand-in: format, class proportions, determinism, fonts, geometry and legibility."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+from sklearn.linear_model import RidgeClassifier
+
+from data_prep import street_digits as sd
+
+
+@pytest.fixture(scope="module")
+def sample() -> tuple[np.ndarray, np.ndarray]:
+    """3,000 train-split digits, shared by the tests of this module."""
+    return sd.generate_street_digits(3000, seed=0, split="train")
+
+
+def test_format_and_labels(sample) -> None:
+    images, labels = sample
+    assert images.shape == (3000, 3, 32, 32) and images.dtype == np.uint8
+    assert labels.shape == (3000,) and labels.dtype == np.int64
+    np.testing.assert_array_equal(np.bincount(labels, minlength=10), sd.svhn_like_counts(3000, "train"))
+    assert images.std() > 20  # not blank
+
+
+def test_class_counts_exact_at_svhn_sizes() -> None:
+    assert sd.svhn_like_counts(73257, "train").tolist() == sd.SVHN_CLASS_COUNTS["train"].tolist()
+    assert sd.svhn_like_counts(26032, "test").tolist() == sd.SVHN_CLASS_COUNTS["test"].tolist()
+    assert sd.svhn_like_counts(7, "test").sum() == 7
+
+
+def test_same_seed_identical_other_seed_or_split_different() -> None:
+    a = sd.generate_street_digits(40, seed=1)
+    b = sd.generate_street_digits(40, seed=1)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    assert not np.array_equal(a[0], sd.generate_street_digits(40, seed=2)[0])
+    assert not np.array_equal(a[0], sd.generate_street_digits(40, seed=1, split="test")[0])
+
+
+def test_two_workers_give_the_same_images(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sd, "CHUNK", 32)
+    one = sd.generate_street_digits(100, seed=3, workers=1)
+    two = sd.generate_street_digits(100, seed=3, workers=2)
+    np.testing.assert_array_equal(one[0], two[0])
+
+
+def test_fonts_include_matplotlib_and_exclude_symbol_fonts() -> None:
+    atlas = sd.build_atlas()
+    files = {f["file"] for f in atlas.fonts}
+    bundled = {p.name for p in (Path(matplotlib.get_data_path()) / "fonts" / "ttf").glob("*.ttf")}
+    assert {"cmr10.ttf", "STIXGeneral.ttf"} <= files & bundled  # shipped with matplotlib
+    assert not files & {"cmsy10.ttf", "cmex10.ttf", "LastResortHE-Regular.ttf", "STIXSizOneSymReg.ttf"}
+    assert len({f["name"] for f in atlas.fonts}) == len(atlas.fonts)  # one entry per distinct font
+    assert atlas.glyphs.shape[1:] == (10, sd.CANVAS, sd.CANVAS)
+    assert np.isclose(atlas.style_p.sum(), 1)
+
+
+def test_layout_centres_the_digit_and_puts_neighbours_at_the_edges() -> None:
+    atlas = sd.build_atlas()
+    labels = np.arange(500) % 10
+    layout = sd.sample_layout(labels, atlas, np.random.default_rng(0))
+    theta = layout["theta"]  # output -> cell: q = A p + b; the glyph centre q = 0 sits at p = -A^-1 b
+    centres = -np.einsum("nsij,nsj->nsi", np.linalg.inv(theta[..., :2]), theta[..., 2])
+    assert np.abs(centres[:, 1]).max() < 0.2  # centre digit within ±0.2 of the middle (±3.2 px)
+    for side, sign in ((0, -1), (2, 1)):
+        assert (sign * centres[:, side, 0] > 0.6).all()  # neighbours sit near the edges, partly cut
+    assert layout["present"][:, 1].all() and 0.6 < layout["present"][:, [0, 2]].mean() < 0.9
+    np.testing.assert_array_equal(layout["digits"][:, 1], labels)
+
+
+def test_affine_grid_matches_torch() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    theta = torch.randn(5, 2, 3, generator=torch.Generator().manual_seed(0))
+    expected = F.affine_grid(theta, [5, 1, 16, 16], align_corners=False)
+    torch.testing.assert_close(sd.affine_grid(theta, 16), expected)
+
+
+def test_digits_are_legible_to_a_linear_classifier(sample) -> None:
+    """Known answer: the label is readable from the pixels; negative control: shuffled labels are not."""
+    images, labels = sample
+    grey = images.astype(np.float32).mean(axis=1)
+    border = np.concatenate([grey[:, :3], grey[:, -3:]], axis=1).mean(axis=(1, 2))
+    centre = grey[:, 10:22, 12:20].mean(axis=(1, 2))
+    x = grey[:, 4:28, 6:26].reshape(len(grey), -1)
+    x = (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-6)
+    x *= np.where(centre > border, 1.0, -1.0)[:, None]  # ink positive whatever the polarity
+    train, test = slice(0, 2000), slice(2000, 3000)
+    accuracy = (RidgeClassifier(alpha=10.0).fit(x[train], labels[train]).predict(x[test]) == labels[test]).mean()
+    shuffled = np.random.default_rng(0).permutation(labels[train])
+    control = (RidgeClassifier(alpha=10.0).fit(x[train], shuffled).predict(x[test]) == labels[test]).mean()
+    assert accuracy > 0.45 and control < 0.3, (accuracy, control)
+
+
+def test_bad_arguments() -> None:
+    with pytest.raises(ValueError, match="split must be one of"):
+        sd.generate_street_digits(5, seed=0, split="extra")
+    with pytest.raises(ValueError, match="must be >= 1"):
+        sd.generate_street_digits(0, seed=0)
