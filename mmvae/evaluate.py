@@ -80,8 +80,13 @@ def iwae_metric(model: FactorizedMultimodalVAE, source: BatchSource, num_samples
 
 
 def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | None = None,
-                 iwae_samples: int = 1000, iwae_limit: int = 256, seed: int = 0) -> dict:
-    """All core metrics; writes metrics.json and metrics.md into out_dir."""
+                 iwae_samples: int = 1000, iwae_limit: int = 256, seed: int = 0,
+                 train: BatchSource | None = None, generative_limit: int = 10_000, probe_train: int = 10_000) -> dict:
+    """All metrics the run's dataset supports; writes metrics.json and metrics.md into out_dir.
+
+    Every dataset: loss terms, label accuracy from Z_y, IWAE. MNIST–SVHN (with its cached digit
+    classifiers): cross/joint coherence, swap accuracy, style preservation, linear probes.
+    """
     device = next(run.model.parameters()).device
     torch.manual_seed(seed)
     metrics: dict = {"step": run.step, "test_samples": len(test) if limit is None else min(limit, len(test))}
@@ -89,6 +94,16 @@ def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | 
     metrics.update(label_accuracy(run.model, test, limit, device))
     if iwae_samples > 0:
         metrics.update(iwae_metric(run.model, test, iwae_samples, iwae_limit, device))
+    if run.config.data.name == "mnist_svhn":
+        from mmvae.classifiers import load_digit_classifiers
+        from mmvae.metrics import generative_metrics, linear_probes
+
+        classifiers, record = load_digit_classifiers(run.config.data.path, device)
+        metrics.update({f"classifier_test_accuracy/{m}": r["test_accuracy"] for m, r in record["modalities"].items()})
+        glimit = generative_limit if limit is None else min(limit, generative_limit)
+        metrics.update(generative_metrics(run.model, test, classifiers, glimit, prior_samples=glimit, seed=seed))
+        if train is not None:
+            metrics.update(linear_probes(run.model, train, test, probe_train, glimit))
     metrics["provenance"] = getattr(test, "provenance", {})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -102,7 +117,15 @@ def metrics_markdown(metrics: dict, run: LoadedRun) -> str:
     for k, v in metrics.items():
         if isinstance(v, (int, float)):
             lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    prov = metrics.get("provenance")
+    prov = metrics.get("provenance") or {}
+    svhn = prov.get("svhn") if isinstance(prov.get("svhn"), dict) else None
+    if svhn is not None:
+        lines += ["", f"SVHN source: **{svhn.get('source')}** ({svhn.get('reason', '')})."]
+        if svhn.get("source") == "synthetic":
+            lines.append("These figures use the offline street-digit stand-in, not real SVHN: they are not comparable "
+                         "with published MNIST–SVHN results.")
     if prov:
-        lines += ["", "Data provenance: " + ", ".join(f"{k}={v}" for k, v in prov.items() if not isinstance(v, dict))]
+        flat = {k: v for k, v in prov.items() if not isinstance(v, (dict, list))}
+        if flat:
+            lines += ["", "Data provenance: " + ", ".join(f"{k}={v}" for k, v in flat.items())]
     return "\n".join(lines) + "\n"
