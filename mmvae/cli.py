@@ -31,6 +31,9 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test samples")
     p.add_argument("--iwae-samples", type=int, default=1000, help="K for the IWAE estimate (0 to skip)")
     p.add_argument("--iwae-limit", type=int, default=256, help="number of test samples for the IWAE estimate")
+    p.add_argument("--generative-limit", type=int, default=10_000,
+                   help="test pairs for coherence/swap metrics and prior draws for joint coherence (MNIST–SVHN)")
+    p.add_argument("--probe-train", type=int, default=10_000, help="training samples for the linear probes (MNIST–SVHN)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu or cuda")
 
@@ -59,6 +62,9 @@ def _add_demo(sub) -> None:
 # name of its `run(args) -> int`). Adding a command is one line here.
 EXTENSION_COMMANDS: dict[str, tuple[str, str, str]] = {
     "prepare": ("data_prep.cli", "add_prepare_parser", "run_prepare"),
+    "classifiers": ("mmvae.classifiers", "add_parser", "run"),
+    "swap": ("mmvae.swap", "add_parser", "run"),
+    "attribute": ("mmvae.attribute_cli", "add_parser", "run"),
 }
 
 
@@ -99,9 +105,10 @@ def cmd_evaluate(args) -> int:
     from mmvae.runs import load_run
 
     run = load_run(args.run, args.device)
-    _, test = build_sources(run.config)
+    train, test = build_sources(run.config)
     out = args.out or args.run / "eval"
-    metrics = evaluate_run(run, test, out, args.limit, args.iwae_samples, args.iwae_limit, args.seed)
+    metrics = evaluate_run(run, test, out, args.limit, args.iwae_samples, args.iwae_limit, args.seed,
+                           train=train, generative_limit=args.generative_limit, probe_train=args.probe_train)
     print((out / "metrics.md").read_text())
     print(f"wrote {out / 'metrics.json'} and {out / 'metrics.md'}")
     return 0 if metrics else 1

@@ -59,7 +59,15 @@ class LossConfig(Strict):
     prior_weight: float = Field(default=1.0, ge=0)
     beta_joint: float = Field(default=1.0, ge=0)
     beta_private: float = Field(default=1.0, ge=0)
-    beta_warmup_steps: int = Field(default=0, ge=0)  # linear ramp of both betas from 0
+    # Linear ramps of each group's beta from 0. Warming up the private factors lets them soak up content
+    # (the digit) before the joint factor has learned it, so by default only the joint factor warms up.
+    beta_joint_warmup_steps: int = Field(default=0, ge=0)
+    beta_private_warmup_steps: int = Field(default=0, ge=0)
+
+    @property
+    def beta_warmup_end(self) -> int:
+        """The step from which no beta changes any more."""
+        return max(self.beta_joint_warmup_steps, self.beta_private_warmup_steps)
 
 
 class DataConfig(Strict):

@@ -92,10 +92,12 @@ def compute_loss(
     if out.logits is not None:
         terms["label"] = label_term(out.logits, batch["y"])
         weights["label"] = cfg.label_weight
-    warm = beta_warmup(step, cfg.beta_warmup_steps)
     for key, value in prior_terms(out, present, cfg, gather).items():
         terms[key] = value
-        beta = cfg.beta_joint if key.endswith("/joint") else cfg.beta_private
-        weights[key] = cfg.prior_weight * beta * warm
+        if key.endswith("/joint"):
+            beta = cfg.beta_joint * beta_warmup(step, cfg.beta_joint_warmup_steps)
+        else:
+            beta = cfg.beta_private * beta_warmup(step, cfg.beta_private_warmup_steps)
+        weights[key] = cfg.prior_weight * beta
     total = sum(weights[k] * terms[k] for k in terms)
     return LossResult(terms, weights, total)

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mmvae.data.registry import build_sources
+from mmvae.data.source import batch_to
 from mmvae.model import FactorizedMultimodalVAE
 from mmvae.runs import LoadedRun
 
@@ -61,7 +62,7 @@ def _bordered_grid(cells: Tensor, row_heads: Tensor | None, col_heads: Tensor | 
             tiles.append(_to_display(row_heads[r : r + 1], size))
         tiles.append(_to_display(cells[r], size))
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(torch.cat(tiles), path, nrow=cols + (row_heads is not None), padding=2, pad_value=0.5)
+    save_image(torch.cat([t.cpu() for t in tiles]), path, nrow=cols + (row_heads is not None), padding=2, pad_value=0.5)
     return path
 
 
@@ -84,8 +85,9 @@ def write_swap_grids(run: LoadedRun, out_dir: Path, n: int = 8, seed: int = 0) -
     size = max(model.modalities[m].shape[-1] for m in image_names) if image_names else 32
     _, test = build_sources(run.config)
     gen = torch.Generator().manual_seed(seed)
-    rows = test.gather(torch.randperm(len(test), generator=gen)[:n])
-    cols = test.gather(torch.randperm(len(test), generator=gen)[:n])
+    device = next(model.parameters()).device
+    rows = batch_to(test.gather(torch.randperm(len(test), generator=gen)[:n]), device)
+    cols = batch_to(test.gather(torch.randperm(len(test), generator=gen)[:n]), device)
     written = []
     for m in image_names:
         cells = _pair_grid(model, rows, cols, m, None)

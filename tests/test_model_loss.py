@@ -50,12 +50,13 @@ def test_partly_absent_modality_gets_gradient_only_from_present_samples(fusion):
 
 def test_total_is_the_weighted_sum_of_the_named_terms():
     cfg, model, batch = _model_and_batch("poe", overrides=("loss.label_weight=2.5", "loss.beta_private=0.3",
-                                                           "loss.beta_warmup_steps=10"))
+                                                           "loss.beta_joint_warmup_steps=10",
+                                                           "loss.beta_private_warmup_steps=20"))
     loss = compute_loss(model, model(batch), batch, cfg.loss, step=4)
     assert set(loss.terms) == {"recon/bars", "recon/wave", "label", "kl/joint", "kl/private/bars", "kl/private/wave"}
     assert loss.weights["label"] == 2.5
-    assert loss.weights["kl/private/bars"] == pytest.approx(0.3 * 0.4)  # beta * warm-up 4/10
-    assert loss.weights["kl/joint"] == pytest.approx(0.4)
+    assert loss.weights["kl/private/bars"] == pytest.approx(0.3 * 0.2)  # beta * warm-up 4/20
+    assert loss.weights["kl/joint"] == pytest.approx(0.4)  # warm-up 4/10
     expected = sum(loss.weights[k] * v for k, v in loss.terms.items())
     torch.testing.assert_close(loss.total, expected)
 

@@ -1,0 +1,551 @@
+"""Gradient attributions of a trained factorized model, per modality and per part (Tsai et al., ICLR 2019).
+
+For every modality m and every part t of it (pixel, spectrogram frame, token, force time step: whatever
+`Modality.to_parts` groups elements into), with posterior means and the model in eval mode:
+
+    joint/loss        ‖∂ℓ_m(x_m[t], x̂_m[t]) / ∂F_y‖      ℓ_m[t] = to_parts(−log p(x_m | params))[t]
+    joint/jacobian    ‖∂x̂_m[t] / ∂F_y‖                   Frobenius norm over the elements of part t
+    private/loss      the same with respect to F_m = G_m(Z_m)  (what the modality's style explains)
+    private/jacobian
+    ig/label          integrated gradients of the label logit w.r.t. the inputs, summed within each part
+    ig/joint          integrated gradients of s(x) = <μ_y(x) − μ_y(x0), u>, u = unit(μ_y(x) − μ_y(x0)), so that
+                      s(x) − s(x0) = ‖μ_y(x) − μ_y(x0)‖: how far each input part moves the joint factor
+
+Feature gradients are Jacobians of (B, P) or (B, *shape) outputs with respect to a small feature vector
+(F_y: joint_feature_dim, 64 by default), so they are computed with F forward-mode JVPs vmapped over the
+feature basis: F linearised decoder passes instead of one backward pass per part. Both modes come out of
+the same JVP. Everything here only uses the Modality interface (decode, mean, log_prob_elements,
+to_parts), so new modality kinds are attributed without changes here; `to_parts` must be a grouping sum
+(linear), which is what lets Jacobian norms be reduced as sums of squares and masks be mapped back.
+
+Faithfulness (deletion): parts of x_m are set to the baseline in order of attribution (top first) and in
+random order; the label logit or the reconstruction of x_m from F_y must degrade faster for the top order.
+The area under the degradation curve of each order and their ratio (top / random, > 1 is faithful) are kept.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mmvae.model import FactorizedMultimodalVAE
+from mmvae.modalities import Modality
+
+MODES = ("loss", "jacobian")
+FEATURE_KINDS = ("joint/loss", "joint/jacobian", "private/loss", "private/jacobian")
+IG_KINDS = ("ig/label", "ig/joint")
+SIGNED_KINDS = frozenset(IG_KINDS)  # integrated gradients are signed; feature gradients are norms
+
+
+@dataclass(frozen=True)
+class AttributionSettings:
+    """Every knob of an attribution run (recorded in the report)."""
+
+    modes: tuple[str, ...] = MODES
+    private: bool = True  # also attribute with respect to each private feature F_m
+    integrated_gradients: bool = True
+    ig_steps: int = 32
+    ig_method: str = "gausslegendre"
+    ig_batch: int = 64  # samples per IG call (each expands to ig_steps rows)
+    target: str = "predicted"  # label logit to explain: "predicted" class or the data's "label"
+    completeness_tol: float = 0.05  # allowed Σ|Σattr − (f(x) − f(x0))| / Σ|f(x) − f(x0)|
+    deletion: bool = True
+    deletion_fractions: tuple[float, ...] = tuple(i / 10 for i in range(11))
+    deletion_repeats: int = 3  # random orders averaged for the random curve
+    deletion_max_samples: int = 128  # the deletion test uses at most this many samples per modality
+    max_chunk_elements: int = 2**26  # bound on F x B x elements held by one vmapped JVP
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.modes) - set(MODES))
+        if unknown or not self.modes:
+            raise ValueError(f"attribution modes must be a non-empty subset of {list(MODES)}, got {list(self.modes)}")
+        if self.target not in ("predicted", "label"):
+            raise ValueError(f"target must be 'predicted' or 'label', got {self.target!r}")
+        if self.ig_steps < 2 or min(self.ig_batch, self.deletion_repeats, self.deletion_max_samples) < 1:
+            raise ValueError("ig_steps must be >= 2; ig_batch, deletion_repeats and deletion_max_samples >= 1")
+        fr = self.deletion_fractions
+        if len(fr) < 2 or any(not 0 <= f <= 1 for f in fr) or list(fr) != sorted(fr):
+            raise ValueError(f"deletion_fractions must be >= 2 increasing values in [0, 1], got {list(fr)}")
+
+    def kinds(self) -> list[str]:
+        """The attribution kinds these settings produce (before dropping IG label for label-less models)."""
+        kinds = [f"joint/{m}" for m in self.modes]
+        if self.private:
+            kinds += [f"private/{m}" for m in self.modes]
+        if self.integrated_gradients:
+            kinds += list(IG_KINDS)
+        return kinds
+
+    def to_dict(self) -> dict:
+        """JSON-ready settings."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+
+@dataclass
+class Completeness:
+    """IG completeness: Σ_parts attribution vs f(x) − f(x0), per sample."""
+
+    f_x: Tensor  # (B,)
+    f_x0: Tensor  # (B,)
+    delta: Tensor  # (B,) Σ attributions − (f(x) − f(x0))
+    tol: float
+
+    @property
+    def relative_error(self) -> float:
+        """Σ_b |delta_b| / Σ_b |f(x_b) − f(x0_b)|."""
+        gap = (self.f_x - self.f_x0).abs().sum().item()
+        return self.delta.abs().sum().item() / max(gap, 1e-12)
+
+    @property
+    def ok(self) -> bool:
+        return self.relative_error <= self.tol
+
+
+@dataclass
+class DeletionCurve:
+    """Mean degradation after masking a fraction of parts, in attribution order and in random order."""
+
+    score: str  # "label_logit" (drop of the target logit) or "recon_from_joint" (rise of ℓ_m per part)
+    ranking: str  # the attribution kind that ordered the parts
+    fractions: list[float]
+    top: list[float]
+    random: list[float]
+
+    @property
+    def area_top(self) -> float:
+        return float(np.trapezoid(self.top, self.fractions))
+
+    @property
+    def area_random(self) -> float:
+        return float(np.trapezoid(self.random, self.fractions))
+
+    @property
+    def area_ratio(self) -> float | None:
+        """area(top) / area(random); > 1 means the attribution order is more harmful than chance."""
+        return self.area_top / self.area_random if self.area_random > 1e-12 else None
+
+
+@dataclass
+class AttributionResult:
+    """Everything `attribute` computed for one batch; raw values, unnormalised."""
+
+    names: list[str]
+    kinds: list[str]
+    maps: dict[str, dict[str, Tensor]]  # maps[m][kind]: (B, P)
+    inputs: dict[str, Tensor]  # preprocessed x_m (B, *shape)
+    recon: dict[str, Tensor]  # posterior-mean reconstruction in data space
+    present: dict[str, Tensor]  # (B,) bool
+    labels: Tensor  # (B,) data labels, -1 unknown
+    predicted: Tensor | None  # (B,) argmax of the label head
+    target: Tensor | None  # (B,) the class whose logit IG explains
+    completeness: dict[str, Completeness] = field(default_factory=dict)
+    deletion: dict[str, list[DeletionCurve]] = field(default_factory=dict)  # per modality
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+# --- posterior means --------------------------------------------------------------------------------
+@dataclass
+class Encoded:
+    inputs: dict[str, Tensor]
+    present: dict[str, Tensor]
+    z_joint: Tensor  # (B, Dy) posterior mean
+    f_joint: Tensor  # (B, Fy) = G_y(z_joint)
+    f_private: dict[str, Tensor]  # (B, Fm) = G_m(posterior mean of Z_m)
+
+
+@torch.no_grad()
+def encode_means(model: FactorizedMultimodalVAE, batch: dict) -> Encoded:
+    """Preprocess and encode a batch with posterior means (no sampling): deterministic."""
+    if model.training:
+        raise ValueError("attribution needs the model in eval mode (call model.eval())")
+    inputs = model.preprocess(batch["x"])
+    post = model.encode(inputs, batch["present"])
+    f_private = {m: model.private_features[m](q.mu) for m, q in post.private.items()}
+    return Encoded(inputs, batch["present"], post.joint.mu, model.joint_features(post.joint.mu), f_private)
+
+
+def decode_from_features(model: FactorizedMultimodalVAE, name: str, f_joint: Tensor, f_private: Tensor) -> Tensor:
+    """Likelihood parameters of modality `name` from features [F_y, F_m] (as `model.decode_features` does)."""
+    return model.modalities[name].decode(torch.cat([f_joint, f_private], dim=-1))
+
+
+# --- feature gradients: forward-mode Jacobians ---------------------------------------------------------
+def forward_jacobian(fn: Callable[[Tensor], tuple[Tensor, ...]], f: Tensor) -> tuple[Tensor, ...]:
+    """Directional derivatives of every output of fn along each feature axis: (F, B, ...) per output.
+
+    fn maps features (B, F) to outputs whose rows depend only on the same row of f, so one tangent
+    e_k (for all rows at once) gives every sample's ∂out/∂f_k; vmap runs the F tangents together.
+    """
+    dim = f.shape[-1]
+    basis = torch.eye(dim, dtype=f.dtype, device=f.device).unsqueeze(1).expand(dim, *f.shape)  # (F, B, F)
+    return torch.func.vmap(lambda t: torch.func.jvp(fn, (f,), (t,))[1])(basis)
+
+
+def _reconstruction(modality: Modality, params: Tensor, differentiable_mean: bool) -> Tensor:
+    """x̂ in data space; a non-differentiable mean (argmax of categorical logits) is replaced by probabilities."""
+    return modality.mean(params) if differentiable_mean else torch.softmax(params, dim=-1)
+
+
+def _sum_trailing(t: Tensor, ndim: int) -> Tensor:
+    """Sum every axis beyond the first `ndim` (e.g. the vocabulary axis of token probabilities)."""
+    return t.flatten(ndim).sum(-1) if t.dim() > ndim else t
+
+
+def part_gradient_norms(
+    modality: Modality,
+    decode: Callable[[Tensor], Tensor],
+    f: Tensor,
+    x: Tensor,
+    modes: Sequence[str] = MODES,
+) -> dict[str, Tensor]:
+    """Per-part gradient norms with respect to features f (B, F): {"loss"|"jacobian": (B, P)}.
+
+    decode: f -> likelihood parameters of `modality`; x: the preprocessed data (B, *shape) for the loss.
+    """
+    with torch.no_grad():
+        differentiable_mean = modality.mean(decode(f)).is_floating_point()
+
+    def outputs(features: Tensor) -> tuple[Tensor, ...]:
+        params = decode(features)
+        out = []
+        if "jacobian" in modes:
+            out.append(_reconstruction(modality, params, differentiable_mean))
+        if "loss" in modes:
+            out.append(modality.to_parts(-modality.log_prob_elements(params, x)))  # (B, P) part losses
+        return tuple(out)
+
+    with torch.no_grad():
+        tangents = list(forward_jacobian(outputs, f))
+    result = {}
+    if "jacobian" in modes:
+        squares = _sum_trailing(tangents.pop(0).pow(2).sum(0), 1 + len(modality.shape))  # (B, *shape)
+        result["jacobian"] = modality.to_parts(squares).clamp_min(0).sqrt()
+    if "loss" in modes:
+        result["loss"] = tangents.pop(0).pow(2).sum(0).sqrt()
+    return result
+
+
+def _chunk_size(feature_dim: int, per_sample: int, budget: int) -> int:
+    return max(1, budget // max(1, feature_dim * per_sample))
+
+
+def feature_attributions(
+    model: FactorizedMultimodalVAE, enc: Encoded, factor: str, settings: AttributionSettings
+) -> dict[str, dict[str, Tensor]]:
+    """{m: {"<factor>/<mode>": (B, P)}} for factor "joint" (w.r.t. F_y) or "private" (w.r.t. each F_m)."""
+    if factor not in ("joint", "private"):
+        raise ValueError(f"factor must be 'joint' or 'private', got {factor!r}")
+    out: dict[str, dict[str, Tensor]] = {}
+    n = enc.f_joint.shape[0]
+    for m in model.names:
+        modality = model.modalities[m]
+        f_all = enc.f_joint if factor == "joint" else enc.f_private[m]
+        per_sample = 2 * math.prod(modality.shape)  # reconstruction and loss tangents
+        step = _chunk_size(f_all.shape[1], per_sample, settings.max_chunk_elements)
+        pieces: dict[str, list[Tensor]] = {mode: [] for mode in settings.modes}
+        for lo in range(0, n, step):
+            sl = slice(lo, lo + step)
+            fy, fm, x = enc.f_joint[sl], enc.f_private[m][sl], enc.inputs[m][sl]
+            if factor == "joint":
+                decode = lambda f, fm=fm: decode_from_features(model, m, f, fm)  # noqa: E731
+                f = fy
+            else:
+                decode = lambda f, fy=fy: decode_from_features(model, m, fy, f)  # noqa: E731
+                f = fm
+            for mode, value in part_gradient_norms(modality, decode, f, x, settings.modes).items():
+                pieces[mode].append(value)
+        absent = ~enc.present[m]
+        out[m] = {}
+        for mode, values in pieces.items():
+            value = torch.cat(values)
+            if mode == "loss":  # the loss of an absent modality compares against filler: meaningless
+                value = torch.where(absent.unsqueeze(1), torch.zeros_like(value), value)
+            out[m][f"{factor}/{mode}"] = value
+    return out
+
+
+# --- integrated gradients -----------------------------------------------------------------------------
+def integrated_gradients(
+    forward: Callable[..., Tensor],
+    inputs: tuple[Tensor, ...],
+    baselines: tuple[Tensor, ...],
+    target: Tensor | None = None,
+    additional_forward_args: tuple | None = None,
+    steps: int = 32,
+    method: str = "gausslegendre",
+    tol: float = 0.05,
+) -> tuple[tuple[Tensor, ...], Completeness]:
+    """Captum integrated gradients of a scalar per sample, with f(x), f(x0) and the completeness gap."""
+    from captum.attr import IntegratedGradients
+
+    ig = IntegratedGradients(forward)
+    attributions, delta = ig.attribute(
+        inputs, baselines=baselines, target=target, additional_forward_args=additional_forward_args,
+        n_steps=steps, method=method, return_convergence_delta=True,
+    )
+    with torch.no_grad():
+        extra = additional_forward_args or ()
+        f_x = _select(forward(*inputs, *extra), target)
+        f_x0 = _select(forward(*baselines, *extra), target)
+    return tuple(a.detach() for a in attributions), Completeness(f_x, f_x0, delta.detach(), tol)
+
+
+def _select(out: Tensor, target: Tensor | None) -> Tensor:
+    """Scalar per sample: out itself (B,), or the target column of (B, C)."""
+    if target is None:
+        return out.reshape(out.shape[0])
+    return out.gather(1, target.view(-1, 1)).squeeze(1)
+
+
+class _ModelScalar:
+    """Captum forward functions over the model's float inputs (other inputs ride along as extra args)."""
+
+    def __init__(self, model: FactorizedMultimodalVAE, float_names: list[str], other_names: list[str]):
+        self.model, self.float_names, self.other_names = model, float_names, other_names
+
+    def _joint_mu(self, args: tuple) -> tuple[Tensor, tuple]:
+        k, j = len(self.float_names), len(self.other_names)
+        inputs = dict(zip(self.float_names, args[:k])) | dict(zip(self.other_names, args[k : k + j]))
+        present_matrix = args[k + j]  # (B, M) bool, one column per model.names
+        present = {m: present_matrix[:, i] for i, m in enumerate(self.model.names)}
+        return self.model.encode(inputs, present).joint.mu, args[k + j + 1 :]
+
+    def label_logits(self, *args: Tensor) -> Tensor:
+        """(B, num_classes) logits from the joint factor."""
+        mu, _ = self._joint_mu(args)
+        return self.model.classify(mu)
+
+    def joint_projection(self, *args: Tensor) -> Tensor:
+        """(B,) s(x) = <μ_y(x) − origin, direction>."""
+        mu, (origin, direction) = self._joint_mu(args)
+        return ((mu - origin) * direction).sum(-1)
+
+
+def input_attributions(
+    model: FactorizedMultimodalVAE, enc: Encoded, target: Tensor | None, settings: AttributionSettings
+) -> tuple[dict[str, dict[str, Tensor]], dict[str, Completeness]]:
+    """IG per input element, summed into parts: ({m: {"ig/label", "ig/joint": (B, P)}}, completeness per kind)."""
+    names = model.names
+    float_names = [m for m in names if enc.inputs[m].is_floating_point()]
+    other_names = [m for m in names if m not in float_names]  # e.g. token ids: not interpolable
+    scalar = _ModelScalar(model, float_names, other_names)
+    present = torch.stack([enc.present[m] for m in names], dim=1)  # (B, M)
+    n = present.shape[0]
+    parts: dict[str, dict[str, list[Tensor]]] = {m: {} for m in names}
+    gaps: dict[str, list[Completeness]] = {}
+    jobs: list[tuple[str, Callable, Tensor | None]] = []
+    if target is not None:
+        jobs.append(("ig/label", scalar.label_logits, target))
+    jobs.append(("ig/joint", scalar.joint_projection, None))
+    for lo in range(0, n, settings.ig_batch):
+        sl = slice(lo, lo + settings.ig_batch)
+        xs = tuple(enc.inputs[m][sl] for m in float_names)
+        x0s = tuple(torch.zeros_like(x) for x in xs)  # the baseline: zeros in model-input space
+        common = (*(enc.inputs[m][sl] for m in other_names), present[sl])
+        with torch.no_grad():
+            origin = model.encode(dict(zip(float_names, x0s)) | dict(zip(other_names, common)), {
+                m: present[sl, i] for i, m in enumerate(names)}).joint.mu
+        offset = enc.z_joint[sl] - origin
+        direction = offset / offset.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        for kind, fn, tgt in jobs:
+            extra = common if kind == "ig/label" else (*common, origin, direction)
+            attrs, comp = integrated_gradients(
+                fn, xs, x0s, None if tgt is None else tgt[sl], extra, settings.ig_steps, settings.ig_method
+            )
+            gaps.setdefault(kind, []).append(comp)
+            for m, a in zip(float_names, attrs):
+                parts[m].setdefault(kind, []).append(model.modalities[m].to_parts(a))
+    out = {m: {kind: torch.cat(v) for kind, v in parts[m].items()} for m in float_names}
+    for m in other_names:
+        rows = model.modalities[m].to_parts(torch.zeros(enc.inputs[m].shape))
+        out[m] = {kind: torch.zeros_like(rows) for kind, _, _ in jobs}
+    completeness = {
+        kind: Completeness(torch.cat([c.f_x for c in cs]), torch.cat([c.f_x0 for c in cs]),
+                           torch.cat([c.delta for c in cs]), settings.completeness_tol)
+        for kind, cs in gaps.items()
+    }
+    return out, completeness
+
+
+# --- faithfulness: deletion ---------------------------------------------------------------------------
+def parts_to_elements(modality: Modality, part_mask: Tensor, element_shape: torch.Size) -> Tensor:
+    """(B, P) bool part mask -> (B, *shape) bool element mask, through the adjoint of `to_parts` (a grouping sum)."""
+    zeros = torch.zeros(element_shape, dtype=torch.float32, device=part_mask.device)
+    _, pullback = torch.func.vjp(modality.to_parts, zeros)
+    return pullback(part_mask.to(torch.float32))[0] > 0
+
+
+def _order_mask(order: Tensor, k: int) -> Tensor:
+    """(B, P) part order (most important first) -> mask of the first k parts."""
+    rank = torch.empty_like(order)
+    rank.scatter_(1, order, torch.arange(order.shape[1], device=order.device).expand_as(order))
+    return rank < k
+
+
+def _tile(t: Tensor, reps: int) -> Tensor:
+    """Stack `reps` copies of t along the batch axis."""
+    return t.repeat(reps, *([1] * (t.dim() - 1)))
+
+
+def deletion_curves(
+    score: Callable[[Tensor], Tensor],
+    modality: Modality,
+    x: Tensor,
+    rankings: dict[str, Tensor],
+    fractions: Sequence[float],
+    repeats: int,
+    generator: torch.Generator,
+    score_name: str = "",
+) -> list[DeletionCurve]:
+    """Mean degradation after zeroing the top-ranked parts (per ranking) vs random parts (shared by all rankings).
+
+    x: (B, *shape) preprocessed; rankings: {name: (B, P)}, larger = more important;
+    score: masked x stacked O times along the batch (O*B, *shape) -> degradation per row (O*B,).
+    """
+    n, p = next(iter(rankings.values())).shape
+    tops = [r.argsort(dim=1, descending=True, stable=True) for r in rankings.values()]
+    randoms = [torch.rand(n, p, generator=generator).argsort(dim=1).to(x.device) for _ in range(repeats)]
+    orders = torch.cat([*tops, *randoms])  # (O*B, P), O = len(rankings) + repeats
+    count = len(tops) + repeats
+    tiled = _tile(x, count)
+    top, rand = [], []
+    with torch.no_grad():
+        for frac in fractions:
+            mask = parts_to_elements(modality, _order_mask(orders, int(round(frac * p))), tiled.shape)
+            per_order = score(torch.where(mask, torch.zeros_like(tiled), tiled)).view(count, n).mean(1)
+            top.append(per_order[: len(tops)].tolist())
+            rand.append(per_order[len(tops) :].mean().item())
+    fr = [float(f) for f in fractions]
+    return [DeletionCurve(score_name, name, fr, [row[j] for row in top], rand) for j, name in enumerate(rankings)]
+
+
+def deletion_tests(
+    model: FactorizedMultimodalVAE,
+    enc: Encoded,
+    maps: dict[str, dict[str, Tensor]],
+    target: Tensor | None,
+    settings: AttributionSettings,
+) -> dict[str, list[DeletionCurve]]:
+    """Per modality: label-logit deletion ordered by ig/label, F_y-reconstruction deletion ordered by the joint kinds."""
+    generator = torch.Generator().manual_seed(settings.seed)
+    result: dict[str, list[DeletionCurve]] = {}
+    with torch.no_grad():
+        base_logit = model.classify(enc.z_joint).gather(1, target.view(-1, 1)).squeeze(1) if target is not None else None
+    for m in model.names:
+        modality, present = model.modalities[m], enc.present[m]
+        if not enc.inputs[m].is_floating_point() or not present.any():
+            continue
+        # Only samples where m is observed can lose it; a capped subset keeps the test cheap.
+        keep = present.nonzero().squeeze(1)[: settings.deletion_max_samples]
+        x_m, f_m = enc.inputs[m][keep], enc.f_private[m][keep]
+        sub_present = {k: v[keep] for k, v in enc.present.items()}
+        with torch.no_grad():  # the other modalities are not masked: encode them once (as model.encode does)
+            features = {k: model.modalities[k].encode(enc.inputs[k][keep]) for k in model.names if k != m}
+        parts = model.modalities[m].parts_shape
+
+        def joint_mu(masked: Tensor) -> Tensor:
+            reps = masked.shape[0] // keep.shape[0]
+            feats = {k: _tile(v, reps) for k, v in features.items()} | {m: modality.encode(masked)}
+            return model.fusion(feats, {k: _tile(v, reps) for k, v in sub_present.items()}).mu
+
+        def recon_loss(masked: Tensor) -> Tensor:
+            reps = masked.shape[0] // keep.shape[0]
+            params = decode_from_features(model, m, model.joint_features(joint_mu(masked)), _tile(f_m, reps))
+            return -modality.log_prob(params, _tile(x_m, reps)) / math.prod(parts)
+
+        def label_drop(masked: Tensor) -> Tensor:
+            reps = masked.shape[0] // keep.shape[0]
+            logits = model.classify(joint_mu(masked))
+            return _tile(base_logit[keep], reps) - logits.gather(1, _tile(target[keep], reps).view(-1, 1)).squeeze(1)
+
+        def recon_rise(masked: Tensor) -> Tensor:
+            return recon_loss(masked) - _tile(base_recon, masked.shape[0] // keep.shape[0])
+
+        with torch.no_grad():
+            base_recon = recon_loss(x_m)
+        fr, reps = settings.deletion_fractions, settings.deletion_repeats
+        curves = []
+        if target is not None and "ig/label" in maps[m]:
+            ranking = {"ig/label": maps[m]["ig/label"][keep]}
+            curves += deletion_curves(label_drop, modality, x_m, ranking, fr, reps, generator, "label_logit")
+        rankings = {k: maps[m][k][keep] for k in ("joint/loss", "joint/jacobian", "ig/joint") if k in maps[m]}
+        if rankings:
+            curves += deletion_curves(recon_rise, modality, x_m, rankings, fr, reps, generator, "recon_from_joint")
+        result[m] = curves
+    return result
+
+
+# --- the whole pass -----------------------------------------------------------------------------------
+def attribute(model: FactorizedMultimodalVAE, batch: dict, settings: AttributionSettings | None = None) -> AttributionResult:
+    """Every attribution of `settings` for one batch (see the module docstring)."""
+    settings = settings or AttributionSettings()
+    seconds: dict[str, float] = {}
+    clock = time.perf_counter()
+    enc = encode_means(model, batch)
+    maps: dict[str, dict[str, Tensor]] = {m: {} for m in model.names}
+    for factor in ["joint", "private"] if settings.private else ["joint"]:
+        for m, kinds in feature_attributions(model, enc, factor, settings).items():
+            maps[m].update(kinds)
+        seconds[factor] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    labels = batch["y"]
+    predicted = target = None
+    completeness: dict[str, Completeness] = {}
+    if model.label_head is not None:
+        with torch.no_grad():
+            predicted = model.classify(enc.z_joint).argmax(1)
+        if settings.target == "label" and bool((labels < 0).any()):
+            raise ValueError("target='label' needs a label for every sample; some are -1 (unknown)")
+        target = predicted if settings.target == "predicted" else labels
+    if settings.integrated_gradients:
+        ig_maps, completeness = input_attributions(model, enc, target, settings)
+        for m, kinds in ig_maps.items():
+            maps[m].update(kinds)
+        seconds["integrated_gradients"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+
+    deletion = deletion_tests(model, enc, maps, target, settings) if settings.deletion else {}
+    if settings.deletion:
+        seconds["deletion"] = time.perf_counter() - clock
+    with torch.no_grad():
+        recon = {
+            m: model.modalities[m].mean(decode_from_features(model, m, enc.f_joint, enc.f_private[m])) for m in model.names
+        }
+    kinds = [k for k in settings.kinds() if all(k in maps[m] for m in model.names)]
+    return AttributionResult(
+        names=list(model.names), kinds=kinds, maps=maps, inputs=enc.inputs, recon=recon, present=enc.present,
+        labels=labels, predicted=predicted, target=target, completeness=completeness, deletion=deletion, seconds=seconds,
+    )
+
+
+# --- normalisation for display ------------------------------------------------------------------------
+def shares(values: Tensor) -> Tensor:
+    """Normalise each row (B, P) by its total absolute attribution: |shares| sum to 1 (0 where all are 0)."""
+    total = values.abs().sum(dim=1, keepdim=True)
+    return torch.where(total > 0, values / total.clamp_min(1e-30), torch.zeros_like(values))
+
+
+def modality_shares(result: AttributionResult, kind: str) -> dict[str, Tensor]:
+    """Each modality's part of the total absolute attribution of `kind`, per sample: {m: (B,)}."""
+    totals = {m: result.maps[m][kind].abs().sum(1) for m in result.names}
+    overall = torch.stack(list(totals.values())).sum(0).clamp_min(1e-30)
+    return {m: t / overall for m, t in totals.items()}
+
+
+def top_parts(values: Tensor, k: int, parts_shape: tuple[int, ...]) -> list[dict]:
+    """The k parts of one sample's (P,) attribution with the largest |value|: index, coordinates, value, share."""
+    share = shares(values.unsqueeze(0))[0]
+    order = values.abs().argsort(descending=True, stable=True)[:k]
+    rows = []
+    for idx in order.tolist():
+        coords = [int(c) for c in np.unravel_index(idx, parts_shape)] if math.prod(parts_shape) == values.numel() else [idx]
+        rows.append({"part": idx, "coords": coords, "value": float(values[idx]), "share": float(share[idx])})
+    return rows
