@@ -32,6 +32,9 @@ class ModalityConfig(Strict):
     likelihood_scale: float = Field(default=1.0, gt=0)
     # Weight of this modality's reconstruction term; "auto" corrects for size (see model.reconstruction_weights).
     recon_weight: float | Literal["auto"] = "auto"
+    # beta of this modality's private factor; None takes loss.beta_private. A larger value squeezes content
+    # (which the joint factor should carry) out of the private factor.
+    private_beta: float | None = Field(default=None, ge=0)
     options: dict[str, Any] = Field(default_factory=dict)  # kind-specific settings, checked by the kind
 
 

@@ -97,7 +97,8 @@ def compute_loss(
         if key.endswith("/joint"):
             beta = cfg.beta_joint * beta_warmup(step, cfg.beta_joint_warmup_steps)
         else:
-            beta = cfg.beta_private * beta_warmup(step, cfg.beta_private_warmup_steps)
+            own = model.config.modalities[key.rsplit("/", 1)[1]].private_beta
+            beta = (cfg.beta_private if own is None else own) * beta_warmup(step, cfg.beta_private_warmup_steps)
         weights[key] = cfg.prior_weight * beta
     total = sum(weights[k] * terms[k] for k in terms)
     return LossResult(terms, weights, total)

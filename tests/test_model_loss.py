@@ -61,6 +61,16 @@ def test_total_is_the_weighted_sum_of_the_named_terms():
     torch.testing.assert_close(loss.total, expected)
 
 
+def test_a_modality_can_override_the_private_beta():
+    cfg, model, batch = _model_and_batches_with("model.modalities.wave.private_beta=4.0", "loss.beta_private=0.5")
+    loss = compute_loss(model, model(batch), batch, cfg.loss, step=0)
+    assert loss.weights["kl/private/wave"] == 4.0 and loss.weights["kl/private/bars"] == 0.5
+
+
+def _model_and_batches_with(*overrides):
+    return _model_and_batch("poe", overrides=overrides)
+
+
 def test_reconstruction_weights_correct_for_modality_size():
     _, model, _ = _model_and_batch("poe")
     # bars has 256 values, wave 32: the larger modality is scaled down to the smaller one's size.
