@@ -99,6 +99,7 @@ class TrainConfig(Strict):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None  # reduce-overhead: CUDA graphs
     eval_every: int = Field(default=500, ge=1)
     eval_batches: int = Field(default=8, ge=1)
     checkpoint_every: int = Field(default=500, ge=1)

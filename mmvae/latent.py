@@ -70,18 +70,24 @@ def product_of_experts(mus: Tensor, logvars: Tensor, present: Tensor) -> Diagona
     return DiagonalGaussian(mu, -torch.log(precision))
 
 
-def mmd_to_standard_normal(z: Tensor, kernel: str = "rbf", prior_samples: Tensor | None = None) -> Tensor:
-    """Unbiased MMD^2 between the rows of z (N, D) and as many N(0, I) samples.
+def mmd_to_standard_normal(z: Tensor, kernel: str = "rbf", prior_samples: Tensor | None = None,
+                           weights: Tensor | None = None) -> Tensor:
+    """Unbiased MMD^2 between the rows of z (N, D) with weight 1 and N samples of N(0, I).
 
     rbf: k(a, b) = exp(-||a - b||^2 / D) (the bandwidth of Tsai et al. 2019);
     imq: k(a, b) = C / (C + ||a - b||^2) with C = 2D (Tolstikhin et al. 2018).
-    A batch statistic: with DDP, pass the all-gathered z or accept a per-rank estimate.
+    `weights` (N,) of 0/1 leaves rows out (absent samples) while keeping shapes fixed, so nothing
+    synchronises with the host. A batch statistic: under DDP pass the all-gathered z (and weights)
+    or accept a per-rank estimate.
     """
     n, dim = z.shape
     if n < 2:
         return z.new_zeros(())
     if prior_samples is None:
         prior_samples = torch.randn_like(z)
+    w = torch.ones(n, dtype=z.dtype, device=z.device) if weights is None else weights.to(z.dtype)
+    n_w = w.sum()
+    off_diagonal = 1.0 - torch.eye(n, dtype=z.dtype, device=z.device)
 
     def k(a: Tensor, b: Tensor) -> Tensor:
         sq = torch.cdist(a, b).pow(2)
@@ -92,7 +98,8 @@ def mmd_to_standard_normal(z: Tensor, kernel: str = "rbf", prior_samples: Tensor
             return c / (c + sq)
         raise ValueError(f"unknown MMD kernel {kernel!r}; expected 'rbf' or 'imq'")
 
-    def mean_off_diagonal(kk: Tensor) -> Tensor:
-        return (kk.sum() - kk.diagonal().sum()) / (n * (n - 1))
-
-    return mean_off_diagonal(k(z, z)) + mean_off_diagonal(k(prior_samples, prior_samples)) - 2 * k(z, prior_samples).mean()
+    pair_w = off_diagonal * w[:, None] * w[None, :]
+    zz = (k(z, z) * pair_w).sum() / (n_w * (n_w - 1)).clamp_min(1.0)
+    pp = (k(prior_samples, prior_samples) * off_diagonal).sum() / (n * (n - 1))
+    zp = (k(z, prior_samples) * w[:, None]).sum() / (n_w * n).clamp_min(1.0)
+    return torch.where(n_w >= 2, zz + pp - 2 * zp, torch.zeros((), dtype=z.dtype, device=z.device))

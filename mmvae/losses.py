@@ -64,8 +64,9 @@ def prior_terms(out: ForwardOutput, present: dict[str, Tensor], cfg: LossConfig,
     gather = gather or (lambda t: t)
     terms["mmd/joint"] = mmd_to_standard_normal(gather(out.z_joint), cfg.mmd_kernel)
     for m, z in out.z_private.items():
-        # Absent samples are dropped; under DDP this is per-rank-shaped, so gather pads via the caller.
-        terms[f"mmd/private/{m}"] = mmd_to_standard_normal(gather(z[present[m]]), cfg.mmd_kernel)
+        # Absent samples get weight 0: fixed shapes, no boolean indexing, no host synchronisation.
+        weights = gather(present[m].to(z.dtype))
+        terms[f"mmd/private/{m}"] = mmd_to_standard_normal(gather(z), cfg.mmd_kernel, weights=weights)
     return terms
 
 

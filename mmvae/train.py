@@ -132,6 +132,7 @@ class Trainer:
         `sources` = (train, test) replaces the sources named by config.data (benchmarks, tests)."""
         self.config, self.run_dir = config, Path(run_dir)
         tc = config.train
+        compile_mode = compile_mode or tc.compile_mode
         self.env = distributed.setup(tc.device, tc.dist_timeout_s)
         on_cuda = self.env.device.type == "cuda"
         seed_everything(config.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)

@@ -85,6 +85,20 @@ def test_mmd_near_zero_for_matching_and_positive_for_shifted(kernel):
     assert shifted > 20 * max(abs(m) for m in matched)
 
 
+def test_mmd_weights_leave_rows_out_exactly():
+    torch.manual_seed(0)
+    z, prior = torch.randn(64, 4), torch.randn(64, 4)
+    keep = torch.rand(64) < 0.6
+    garbage = torch.where(keep[:, None], z, torch.full_like(z, 1e3))
+    reference = mmd_to_standard_normal(z, prior_samples=prior, weights=keep.float())
+    torch.testing.assert_close(mmd_to_standard_normal(garbage, prior_samples=prior, weights=keep.float()), reference)
+    torch.testing.assert_close(mmd_to_standard_normal(z, prior_samples=prior, weights=torch.ones(64)),
+                               mmd_to_standard_normal(z, prior_samples=prior))
+    one_row = torch.zeros(64)
+    one_row[3] = 1
+    assert mmd_to_standard_normal(z, weights=one_row) == 0  # fewer than two samples: no estimate
+
+
 def test_mmd_rejects_unknown_kernel():
     with pytest.raises(ValueError, match="unknown MMD kernel 'gauss'"):
         mmd_to_standard_normal(torch.randn(10, 2), "gauss")
