@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 DEFAULT_DEMO_CONFIG = "configs/toy.yaml"
+DEMO_MARKER = ".mmvae-demo"
 
 
 def _add_train(sub) -> None:
@@ -135,10 +136,15 @@ def cmd_demo(args) -> int:
     if not args.config.is_file():
         raise FileNotFoundError(f"demo config {args.config} not found; run `mmvae demo` from the repository root")
     config = load_config(args.config, args.overrides)
-    if (args.run_dir / "checkpoints").exists():
+    marker = args.run_dir / DEMO_MARKER
+    if args.run_dir.exists() and any(args.run_dir.iterdir()):
+        if not marker.is_file():
+            raise FileExistsError(f"{args.run_dir} exists and was not made by `mmvae demo`; choose another --run-dir")
         import shutil
 
-        shutil.rmtree(args.run_dir)  # the demo always starts afresh in its own folder
+        shutil.rmtree(args.run_dir)  # a previous demo's folder: the demo always starts afresh
+    args.run_dir.mkdir(parents=True, exist_ok=True)
+    marker.write_text("made by `mmvae demo`; the next demo replaces this folder\n")
     started = time.time()
     summary = train(config, args.run_dir)
     run = load_run(args.run_dir)

@@ -59,6 +59,15 @@ def test_bad_override_exits_2_naming_the_key(tmp_path):
     assert "unknown key 'train.epochz'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_demo_never_replaces_a_folder_it_did_not_make(tmp_path):
+    precious = tmp_path / "my_run"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    proc = mmvae("demo", "--run-dir", precious, ok=False)
+    assert proc.returncode == 2 and "was not made by `mmvae demo`" in proc.stderr
+    assert (precious / "notes.txt").read_text() == "keep me"
+
+
 def test_evaluating_a_folder_that_is_not_a_run_is_a_clear_error(tmp_path):
     proc = mmvae("evaluate", tmp_path, ok=False)
     assert proc.returncode == 2 and "is not a run folder" in proc.stderr
