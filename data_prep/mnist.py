@@ -14,11 +14,11 @@ import socket
 import tempfile
 import urllib.error
 import zlib
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from data_prep.arrays import LabelledImages
 from data_prep.errors import DataError
 
 IDX_DTYPES = {
@@ -47,13 +47,7 @@ GZIP_MAGIC = b"\x1f\x8b"
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
-@dataclass
-class MnistSplit:
-    """One MNIST split: images (N, 1, 28, 28) uint8, labels (N,) int64, and the files they came from."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    files: dict[str, dict] = field(default_factory=dict)
+MnistSplit = LabelledImages  # One MNIST split: images (N, C, H, W) uint8, labels (N,) int64
 
 
 def read_bytes(path: Path) -> tuple[bytes, bool]:

@@ -12,13 +12,13 @@ import socket
 import tempfile
 import urllib.error
 import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import scipy.io
 from scipy.io.matlab import MatReadError
 
+from data_prep.arrays import LabelledImages
 from data_prep.errors import DataError
 
 SVHN_URL = "http://ufldl.stanford.edu/housenumbers/"
@@ -31,13 +31,7 @@ SVHN_MD5 = {
 DOWNLOAD_TIMEOUT_S = 30.0
 
 
-@dataclass
-class SvhnSplit:
-    """One SVHN split: images (N, 3, 32, 32) uint8, labels (N,) int64 in 0–9, and its source file."""
-
-    images: np.ndarray
-    labels: np.ndarray
-    files: dict[str, dict] = field(default_factory=dict)
+SvhnSplit = LabelledImages  # One SVHN split: images (N, C, H, W) uint8, labels (N,) int64
 
 
 def file_digests(path: Path) -> dict[str, str]:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from mmvae.data.loader import ShuffledBatches
+from mmvae.data.loader import limited_batches
 from mmvae.data.source import BatchSource, batch_to
 from mmvae.iwae import iwae_log_likelihood
 from mmvae.losses import compute_loss
@@ -18,27 +18,12 @@ from mmvae.model import FactorizedMultimodalVAE
 from mmvae.runs import LoadedRun
 
 
-def _batches(source: BatchSource, batch_size: int, limit: int | None):
-    loader = ShuffledBatches(source, batch_size, seed=0, shuffle=False, drop_last=False)
-    n = 0
-    for batch in loader.epoch(0):
-        if limit is not None and n >= limit:
-            return
-        take = batch if limit is None else {  # trim the last batch to exactly `limit` samples
-            "x": {m: t[: limit - n] for m, t in batch["x"].items()},
-            "present": {m: t[: limit - n] for m, t in batch["present"].items()},
-            "y": batch["y"][: limit - n],
-        }
-        n += take["y"].shape[0]
-        yield take
-
-
 @torch.no_grad()
 def loss_metrics(model: FactorizedMultimodalVAE, run: LoadedRun, source: BatchSource, limit: int | None, device) -> dict[str, float]:
     """Mean of every loss term over the first `limit` test samples (posterior samples, fixed seed)."""
     sums: dict[str, float] = {}
     count = 0
-    for batch in _batches(source, 256, limit):
+    for batch in limited_batches(source, 256, limit):
         batch = batch_to(batch, device)
         out = model(batch)
         loss = compute_loss(model, out, batch, run.config.loss, step=10**9)
@@ -57,7 +42,7 @@ def label_accuracy(model: FactorizedMultimodalVAE, source: BatchSource, limit: i
     subsets = {"all": model.names, **{m: [m] for m in model.names}}
     correct = {k: 0 for k in subsets}
     count = 0
-    for batch in _batches(source, 256, limit):
+    for batch in limited_batches(source, 256, limit):
         batch = batch_to(batch, device)
         inputs = model.preprocess(batch["x"])
         known = batch["y"] >= 0
@@ -72,7 +57,7 @@ def label_accuracy(model: FactorizedMultimodalVAE, source: BatchSource, limit: i
 def iwae_metric(model: FactorizedMultimodalVAE, source: BatchSource, num_samples: int, limit: int, device) -> dict[str, float]:
     """Mean IWAE log-likelihood (nats per sample) over the first `limit` test samples."""
     total, count = 0.0, 0
-    for batch in _batches(source, 32, limit):
+    for batch in limited_batches(source, 32, limit):
         ll = iwae_log_likelihood(model, batch_to(batch, device), num_samples)
         total += float(ll.sum())
         count += ll.shape[0]

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 from mmvae.classifiers import predict
-from mmvae.data.loader import ShuffledBatches
+from mmvae.data.loader import limited_batches
 from mmvae.data.source import BatchSource, batch_to
 from mmvae.model import FactorizedMultimodalVAE
 from mmvae.swap import encode_means
@@ -55,16 +55,6 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 
 
 # --- on a model -----------------------------------------------------------------------------------
-def _test_batches(source: BatchSource, limit: int, batch_size: int = 500):
-    loader = ShuffledBatches(source, batch_size, seed=0, shuffle=True, drop_last=False)
-    seen = 0
-    for batch in loader.epoch(0):
-        if seen >= limit:
-            return
-        seen += batch["y"].shape[0]
-        yield batch
-
-
 @torch.no_grad()
 def generative_metrics(model: FactorizedMultimodalVAE, source: BatchSource, classifiers: dict[str, nn.Module],
                        limit: int = 10_000, prior_samples: int = 10_000, seed: int = 0) -> dict[str, float]:
@@ -78,7 +68,7 @@ def generative_metrics(model: FactorizedMultimodalVAE, source: BatchSource, clas
     def add(key: str, value: float, n: int) -> None:
         sums[key] = sums.get(key, 0.0) + value * n
 
-    for batch in _test_batches(source, limit):
+    for batch in limited_batches(source, 500, limit, shuffle=True):
         batch = batch_to(batch, device)
         y, n = batch["y"], batch["y"].shape[0]
         inputs = model.preprocess(batch["x"])
@@ -132,7 +122,7 @@ def latent_means(model: FactorizedMultimodalVAE, source: BatchSource, limit: int
     """Posterior means of Z_y (from all modalities) and every Z_m, plus labels, for `limit` samples."""
     device = next(model.parameters()).device
     parts: dict[str, list] = {"joint": [], "y": [], **{m: [] for m in model.names}}
-    for batch in _test_batches(source, limit):
+    for batch in limited_batches(source, 500, limit, shuffle=True):
         batch = batch_to(batch, device)
         z_joint, z_priv = encode_means(model, batch)
         parts["joint"].append(z_joint.cpu())

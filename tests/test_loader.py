@@ -37,3 +37,13 @@ def test_starting_mid_epoch_continues_the_same_sequence():
 def test_too_small_dataset_is_a_clear_error():
     with pytest.raises(ValueError, match="no full batch of 64"):
         ShuffledBatches(make_toy(10, seed=0), 64, seed=0)
+
+
+def test_limited_batches_stop_at_exactly_the_limit():
+    from mmvae.data.loader import limited_batches
+
+    source = make_toy(100, seed=0)
+    sizes = [b["y"].shape[0] for b in limited_batches(source, 32, limit=70)]
+    assert sizes == [32, 32, 6]
+    ys = torch.cat([b["y"] for b in limited_batches(source, 32, limit=None)])
+    assert torch.equal(ys, source.y)  # unshuffled, everything, in order

@@ -163,3 +163,18 @@ def build_loader(source: BatchSource, kind: str, batch_size: int, seed: int, ran
         return DataLoaderBatches(source, batch_size, seed, True, rank, world_size, num_workers=num_workers,
                                  pin_memory=pin_memory)
     raise ValueError(f"unknown data.loader {kind!r}; expected 'indexed' or 'dataloader'")
+
+
+def limited_batches(source: BatchSource, batch_size: int, limit: int | None, shuffle: bool = False) -> Iterator[Batch]:
+    """Batches over the first `limit` samples of epoch 0 (seed 0), the last one trimmed to exactly `limit`."""
+    loader = ShuffledBatches(source, batch_size, seed=0, shuffle=shuffle, drop_last=False)
+    seen = 0
+    for batch in loader.epoch(0):
+        if limit is not None and seen >= limit:
+            return
+        if limit is not None and seen + batch["y"].shape[0] > limit:
+            keep = limit - seen
+            batch = {"x": {m: t[:keep] for m, t in batch["x"].items()},
+                     "present": {m: t[:keep] for m, t in batch["present"].items()}, "y": batch["y"][:keep]}
+        seen += batch["y"].shape[0]
+        yield batch
