@@ -67,14 +67,17 @@ def train_classifier(images: Tensor, labels: Tensor, epochs: int, seed: int, dev
     """Adam with a one-cycle schedule; small random shifts as the only augmentation."""
     torch.manual_seed(seed)
     net = digit_classifier(tuple(images.shape[1:])).to(device)
-    steps = epochs * (images.shape[0] // batch_size)
+    if epochs < 1 or images.shape[0] == 0:
+        raise ValueError(f"classifier training needs epochs >= 1 and images (got epochs={epochs}, {images.shape[0]} images)")
+    batches = max(1, images.shape[0] // batch_size)  # drop the last partial batch, unless it is the only one
+    steps = epochs * batches
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
     net.train()
     for _ in range(epochs):
         order = torch.randperm(images.shape[0], generator=gen)
-        for b in range(images.shape[0] // batch_size):
+        for b in range(batches):
             idx = order[b * batch_size : (b + 1) * batch_size]
             x = images[idx].to(device).float() / 255.0
             dx, dy = torch.randint(-2, 3, (2,), generator=gen).tolist()

@@ -17,6 +17,21 @@ from mmvae.losses import compute_loss
 from mmvae.model import FactorizedMultimodalVAE
 from mmvae.runs import LoadedRun
 
+# MNIST–SVHN reference figures: (metric, ">=" or "<=", full-budget target, quick-CPU floor or None).
+# The classifier rows are the accuracies below which coherence figures are not trustworthy.
+MNIST_SVHN_TARGETS = [
+    ("classifier_test_accuracy/mnist", ">=", 0.99, 0.99),
+    ("classifier_test_accuracy/svhn", ">=", 0.95, 0.95),
+    ("coherence/mnist->svhn", ">=", 0.90, 0.80),
+    ("coherence/svhn->mnist", ">=", 0.85, 0.80),
+    ("coherence/joint", ">=", 0.50, None),
+    ("probe/joint/mnist", ">=", 0.95, None),
+    ("probe/joint/svhn", ">=", 0.85, None),
+    ("probe/private/mnist", "<=", 0.20, 0.25),
+    ("probe/private/svhn", "<=", 0.20, 0.25),
+    ("swap/accuracy", ">=", 0.90, 0.80),
+]
+
 
 @torch.no_grad()
 def loss_metrics(model: FactorizedMultimodalVAE, run: LoadedRun, source: BatchSource, limit: int | None, device) -> dict[str, float]:
@@ -102,6 +117,12 @@ def metrics_markdown(metrics: dict, run: LoadedRun) -> str:
     for k, v in metrics.items():
         if isinstance(v, (int, float)):
             lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+    if any(key in metrics for key, *_ in MNIST_SVHN_TARGETS):
+        lines += ["", "| against the reference figures | value | full target | quick floor |", "|---|---|---|---|"]
+        for key, op, full, quick in MNIST_SVHN_TARGETS:
+            if key in metrics:
+                lines.append(f"| {key} | {metrics[key]:.4f} | {_verdict(metrics[key], op, full)} | "
+                             f"{_verdict(metrics[key], op, quick)} |")
     prov = metrics.get("provenance") or {}
     svhn = prov.get("svhn") if isinstance(prov.get("svhn"), dict) else None
     if svhn is not None:
@@ -114,3 +135,11 @@ def metrics_markdown(metrics: dict, run: LoadedRun) -> str:
         if flat:
             lines += ["", "Data provenance: " + ", ".join(f"{k}={v}" for k, v in flat.items())]
     return "\n".join(lines) + "\n"
+
+
+def _verdict(value: float, op: str, bound: float | None) -> str:
+    """'met (>= 0.9)' / 'MISSED (>= 0.9)' / '–' for a metric against one bound."""
+    if bound is None:
+        return "–"
+    ok = value >= bound if op == ">=" else value <= bound
+    return f"{'met' if ok else 'MISSED'} ({op} {bound:g})"

@@ -119,9 +119,11 @@ def joint_coherence(model: FactorizedMultimodalVAE, classifiers: dict[str, nn.Mo
 
 @torch.no_grad()
 def latent_means(model: FactorizedMultimodalVAE, source: BatchSource, limit: int) -> dict[str, np.ndarray]:
-    """Posterior means of Z_y (from all modalities) and every Z_m, plus labels, for `limit` samples."""
+    """Posterior means for `limit` samples, plus their labels: (N, d) arrays keyed
+    "joint" (Z_y from all modalities), "joint/<m>" (Z_y from modality m alone) and "<m>" (private Z_m)."""
     device = next(model.parameters()).device
-    parts: dict[str, list] = {"joint": [], "y": [], **{m: [] for m in model.names}}
+    keys = ["joint", *(f"joint/{m}" for m in model.names), *model.names, "y"]
+    parts: dict[str, list] = {k: [] for k in keys}
     for batch in limited_batches(source, 500, limit, shuffle=True):
         batch = batch_to(batch, device)
         z_joint, z_priv = encode_means(model, batch)
@@ -129,14 +131,19 @@ def latent_means(model: FactorizedMultimodalVAE, source: BatchSource, limit: int
         parts["y"].append(batch["y"].cpu())
         for m in model.names:
             parts[m].append(z_priv[m].cpu())
+            parts[f"joint/{m}"].append(encode_means(model, batch, joint_from=[m])[0].cpu())
     return {k: torch.cat(v)[:limit].numpy() for k, v in parts.items()}
 
 
 def linear_probes(model: FactorizedMultimodalVAE, train: BatchSource, test: BatchSource,
                   train_limit: int = 10_000, test_limit: int = 5_000) -> dict[str, float]:
-    """Logistic-regression probes of the label from Z_y (high is good) and from each Z_m (near 0.1 is good)."""
+    """Logistic-regression probes of the label (fitted on train, scored on test):
+    probe/joint from Z_y of all modalities, probe/joint/<m> from Z_y inferred from m alone (high is good),
+    probe/private/<m> from Z_m (near chance, 0.1 for digits, is good)."""
     tr, te = latent_means(model, train, train_limit), latent_means(model, test, test_limit)
-    out = {"probe/joint": probe_accuracy(tr["joint"], tr["y"], te["joint"], te["y"])}
+    out = {}
+    for key in ["joint", *(f"joint/{m}" for m in model.names)]:
+        out[f"probe/{key}"] = probe_accuracy(tr[key], tr["y"], te[key], te["y"])
     for m in model.names:
         out[f"probe/private/{m}"] = probe_accuracy(tr[m], tr["y"], te[m], te["y"])
     return out

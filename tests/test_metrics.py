@@ -95,3 +95,17 @@ def _take(batch, idx):
     idx = torch.tensor(idx)
     return {"x": {m: t[idx] for m, t in batch["x"].items()}, "present": {m: t[idx] for m, t in batch["present"].items()},
             "y": batch["y"][idx]}
+
+
+def test_markdown_marks_each_reference_figure_met_or_missed():
+    from types import SimpleNamespace
+
+    from mmvae.evaluate import metrics_markdown
+
+    metrics = {"coherence/mnist->svhn": 0.85, "probe/private/mnist": 0.30, "swap/accuracy": 0.95}
+    md = metrics_markdown(metrics, SimpleNamespace(run_dir="runs/x", step=1))
+    assert "| coherence/mnist->svhn | 0.8500 | MISSED (>= 0.9) | met (>= 0.8) |" in md
+    assert "| probe/private/mnist | 0.3000 | MISSED (<= 0.2) | MISSED (<= 0.25) |" in md
+    assert "| swap/accuracy | 0.9500 | met (>= 0.9) | met (>= 0.8) |" in md
+    assert "against the reference figures" not in metrics_markdown({"label_accuracy/all": 0.5},
+                                                                   SimpleNamespace(run_dir="r", step=1))
