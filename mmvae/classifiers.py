@@ -129,11 +129,13 @@ def load_digit_classifiers(prepared_dir: str | Path, device: str | torch.device 
 
 
 def add_parser(sub) -> None:
+    from data_prep.cli import positive_int
+
     p = sub.add_parser("classifiers", help="train and cache the digit classifiers used by `mmvae evaluate`",
                        description=f"Train one digit classifier per modality on a prepared MNIST–SVHN folder's training "
                                    f"images; cache them in DIR/{CACHE_DIR}/ with their test accuracy.")
     p.add_argument("prepared", type=Path, help=f"prepared MNIST–SVHN folder (holds {MANIFEST})")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=positive_int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
 

@@ -51,3 +51,8 @@ def test_prepare_classify_train_evaluate_swap(raw: Path, tmp_path: Path) -> None
         assert all(png[:8] == b"\x89PNG\r\n\x1a\n" for png in grids[folder].values())
     assert grids["a"] == grids["b"]  # deterministic with a seed
     assert grids["a"]["prior_mnist"] != grids["c"]["prior_mnist"]  # negative control: the seed matters
+
+
+def test_classifiers_refuses_zero_epochs_naming_the_option(tmp_path: Path) -> None:
+    proc = mmvae("classifiers", tmp_path, "--epochs", 0, ok=False)
+    assert proc.returncode == 2 and "--epochs" in proc.stderr and "must be >= 1" in proc.stderr
