@@ -20,7 +20,7 @@ import torch
 from torch import Tensor
 
 from mmvae.interpret import SIGNED_KINDS, AttributionResult, AttributionSettings, modality_shares, shares, top_parts
-from mmvae.model import FactorizedMultimodalVAE
+from mmvae.families.base import MultimodalModel
 from mmvae.modalities import Modality
 
 FORMAT = "mmvae-attribution/1"
@@ -127,12 +127,12 @@ def _plot_input(ax, x: Tensor, recon: Tensor, parts: int) -> bool:
 
 
 # --- figures ------------------------------------------------------------------------------------------
-def _grid_panels(result: AttributionResult, model: FactorizedMultimodalVAE, m: str, i: int) -> list[tuple[str, str]]:
+def _grid_panels(result: AttributionResult, model: MultimodalModel, m: str, i: int) -> list[tuple[str, str]]:
     """(title, base64 PNG) panels of one sample of a grid modality: input, reconstruction, one heatmap per kind."""
     modality = model.modalities[m]
     grid = _grid_shape(modality)
     panels = []
-    if modality.is_image():
+    if modality.display == "image":
         panels += [("input", _array_png(_image_rgb(result.inputs[m][i]), 112)),
                    ("reconstruction", _array_png(_image_rgb(result.recon[m][i]), 112))]
     for kind in result.kinds:
@@ -141,7 +141,7 @@ def _grid_panels(result: AttributionResult, model: FactorizedMultimodalVAE, m: s
     return panels
 
 
-def curve_figure(result: AttributionResult, model: FactorizedMultimodalVAE, m: str, i: int) -> str:
+def curve_figure(result: AttributionResult, model: MultimodalModel, m: str, i: int) -> str:
     """One sample of a sequence-like modality: the input over parts, then every kind's per-part share as a curve."""
     plt = _plt()
     parts = math.prod(model.modalities[m].parts_shape)
@@ -180,16 +180,16 @@ def class_means(result: AttributionResult, m: str) -> dict[int, dict[str, Tensor
     return out
 
 
-def class_mean_grid_html(result: AttributionResult, model: FactorizedMultimodalVAE, m: str,
+def class_mean_grid_html(result: AttributionResult, model: MultimodalModel, m: str,
                          means: dict[int, dict[str, Tensor]]) -> str:
     """Grid modalities: a table with one row per class, columns mean input and mean map of every kind."""
     modality = model.modalities[m]
     grid = _grid_shape(modality)
-    header = ["class (n)", *(["mean input"] if modality.is_image() else []), *(KIND_TEXT[k] for k in result.kinds)]
+    header = ["class (n)", *(["mean input"] if modality.display == "image" else []), *(KIND_TEXT[k] for k in result.kinds)]
     rows = []
     for c, per in means.items():
         row = [f"{c} ({int(per['count'])})"]
-        if modality.is_image():
+        if modality.display == "image":
             row.append(_img(_array_png(_image_rgb(per["input"]), 80), f"mean input class {c}"))
         for kind in result.kinds:
             rgb = _heat_rgb(per[kind].reshape(grid).numpy(), kind in SIGNED_KINDS)
@@ -198,7 +198,7 @@ def class_mean_grid_html(result: AttributionResult, model: FactorizedMultimodalV
     return _table(header, rows)
 
 
-def class_mean_strip_figure(result: AttributionResult, model: FactorizedMultimodalVAE, m: str,
+def class_mean_strip_figure(result: AttributionResult, model: MultimodalModel, m: str,
                             means: dict[int, dict[str, Tensor]]) -> str:
     """Sequence-like modalities: per kind, a class x part heat strip of the class-mean shares."""
     plt = _plt()
@@ -248,7 +248,7 @@ def deletion_figure(result: AttributionResult, m: str) -> str | None:
 
 
 # --- JSON ----------------------------------------------------------------------------------------------
-def report_json(result: AttributionResult, model: FactorizedMultimodalVAE, settings: AttributionSettings,
+def report_json(result: AttributionResult, model: MultimodalModel, settings: AttributionSettings,
                 meta: dict, top_k: int) -> dict:
     """Everything machine-readable: settings, provenance, raw per-part values, top-k, shares, summary."""
     names, kinds = result.names, result.kinds
@@ -291,7 +291,7 @@ def report_json(result: AttributionResult, model: FactorizedMultimodalVAE, setti
         "model": meta["model"],
         "data": meta["data"] | {"indices": [int(j) for j in meta["indices"]]},
         "modalities": {m: {"kind": model.modalities[m].kind, "shape": list(model.modalities[m].shape),
-                           "parts_shape": list(model.modalities[m].parts_shape), "is_image": model.modalities[m].is_image()}
+                           "parts_shape": list(model.modalities[m].parts_shape), "is_image": model.modalities[m].display == "image", "display": model.modalities[m].display}
                        for m in names},
         "kinds": {k: KIND_TEXT[k] for k in kinds},
         "summary": summary,
@@ -346,7 +346,7 @@ def _verdict(ok: bool, yes: str = "pass", no: str = "FAIL") -> str:
     return f'<span class="ok">{yes}</span>' if ok else f'<span class="bad">{no}</span>'
 
 
-def _summary_html(doc: dict, result: AttributionResult, model: FactorizedMultimodalVAE) -> str:
+def _summary_html(doc: dict, result: AttributionResult, model: MultimodalModel) -> str:
     s = doc["summary"]
     out = ["<h2>Summary over the attributed samples</h2>", "<h3>Each modality's share of the attribution</h3>"]
     names = result.names
@@ -383,7 +383,7 @@ def _summary_html(doc: dict, result: AttributionResult, model: FactorizedMultimo
     return "\n".join(out)
 
 
-def _sample_html(doc: dict, result: AttributionResult, model: FactorizedMultimodalVAE, i: int, top_k: int) -> str:
+def _sample_html(doc: dict, result: AttributionResult, model: MultimodalModel, i: int, top_k: int) -> str:
     entry = doc["samples"][i]
     head = f"Sample {i} (dataset index {entry['index']}), label {entry['label']}"
     if "predicted" in entry:
@@ -411,7 +411,7 @@ def _sample_html(doc: dict, result: AttributionResult, model: FactorizedMultimod
     return "\n".join(out)
 
 
-def render_html(doc: dict, result: AttributionResult, model: FactorizedMultimodalVAE, show: int, top_k: int) -> str:
+def render_html(doc: dict, result: AttributionResult, model: MultimodalModel, show: int, top_k: int) -> str:
     """The report page as one string; no external resources."""
     model_meta, data_meta = doc["model"], doc["data"]
     title = f"Attribution report: {model_meta.get('config_name', '')} at step {model_meta.get('step', '?')}"
@@ -435,7 +435,7 @@ def render_html(doc: dict, result: AttributionResult, model: FactorizedMultimoda
     return "\n".join(parts)
 
 
-def write_report(result: AttributionResult, model: FactorizedMultimodalVAE, settings: AttributionSettings, meta: dict,
+def write_report(result: AttributionResult, model: MultimodalModel, settings: AttributionSettings, meta: dict,
                  out_dir: str | Path, show: int = 16, top_k: int = 10) -> dict[str, Path]:
     """Write out_dir/report.html and out_dir/attributions.json; returns their paths."""
     if show < 0 or top_k < 1:

@@ -1,15 +1,24 @@
 """Typed experiment configs: YAML files plus `key=value` overrides, validated by pydantic.
 
-Unknown keys and values of the wrong type are errors that name the dotted key.
+Unknown keys and values of the wrong type are errors that name the dotted key. Names that select an
+implementation (modality kind, fusion, head kind, model family, dataset, loss term) are checked against
+their registries when the config is validated, with a "did you mean" for near misses; kind-specific
+`options` are typed by the kind (`Modality.Options`, `Head.Options`) and checked when the model is built.
+
+Schema versions: a config without `schema_version` is version 1 (the ad-hoc β keys). `migrate_tree`
+turns any older tree into the current one, so run folders written by older code still load.
 """
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+SCHEMA_VERSION = 2
 
 
 class ConfigError(ValueError):
@@ -20,68 +29,201 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+def did_you_mean(value: str, choices) -> str:
+    """' (did you mean 'x'?)' for a close match among `choices`, else ''."""
+    close = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_registered(what: str, value: str, registry: dict) -> str:
+    """`value` if it names an entry of `registry`, else a ValueError listing the entries."""
+    if value not in registry:
+        raise ValueError(f"unknown {what} {value!r}{did_you_mean(value, registry)}; registered: {sorted(registry)}")
+    return value
+
+
 class ModalityConfig(Strict):
-    """One modality: its kind (a key of mmvae.modalities.MODALITY_KINDS), shape and likelihood."""
+    """One modality: its kind (a key of mmvae.modalities.MODALITY_KINDS), stored shape and likelihood.
+
+    role "observed": fused into Z_y, given a private factor (unless private_dim = 0) and reconstructed.
+    role "condition": only encoded; its features condition heads and the decoders that list it in
+    `conditioned_on` (e.g. a robot action). It has no latent and is never reconstructed.
+    """
 
     kind: str
-    shape: list[int] = Field(min_length=1)
-    private_dim: int = Field(default=4, ge=1)
+    role: Literal["observed", "condition"] = "observed"
+    shape: list[int] = Field(min_length=1)  # the stored shape of one sample (the modelled shape is the kind's)
+    private_dim: int = Field(default=4, ge=0)  # 0: no private factor
     private_feature_dim: int = Field(default=32, ge=1)
     hidden: list[int] = Field(default_factory=lambda: [400])
     likelihood: Literal["gaussian", "laplace", "bernoulli", "categorical"] = "laplace"
     likelihood_scale: float = Field(default=1.0, gt=0)
     # Weight of this modality's reconstruction term; "auto" corrects for size (see model.reconstruction_weights).
     recon_weight: float | Literal["auto"] = "auto"
-    # beta of this modality's private factor; None takes loss.beta_private. A larger value squeezes content
-    # (which the joint factor should carry) out of the private factor.
-    private_beta: float | None = Field(default=None, ge=0)
-    options: dict[str, Any] = Field(default_factory=dict)  # kind-specific settings, checked by the kind
+    conditioned_on: list[str] = Field(default_factory=list)  # condition modalities fed to this decoder
+    options: dict[str, Any] = Field(default_factory=dict)  # kind-specific settings, typed by the kind
+
+
+class HeadConfig(Strict):
+    """A head (a key of mmvae.heads.HEADS): a module reading the factors, plus its named loss terms."""
+
+    kind: str
+    hidden: list[int] = Field(default_factory=lambda: [64])
+    conditioned_on: list[str] = Field(default_factory=list)  # condition modalities fed to the head
+    options: dict[str, Any] = Field(default_factory=dict)  # kind-specific settings, typed by the kind
 
 
 class ModelConfig(Strict):
+    family: str = "factorized"  # a key of mmvae.families.FAMILIES
     modalities: dict[str, ModalityConfig] = Field(min_length=1)
     joint_dim: int = Field(default=20, ge=1)
     joint_feature_dim: int = Field(default=64, ge=1)
-    fusion: Literal["concat", "poe"] = "poe"
+    fusion: str = "poe"  # a key of mmvae.fusion.FUSIONS
     fusion_hidden: list[int] = Field(default_factory=lambda: [256])
     # Training only: chance that each present modality is hidden from the joint encoder for a sample (at
     # least one stays). Every present modality is still reconstructed, so decoders learn to rebuild x_m
     # from a joint factor inferred from the other modalities: cross-reconstruction, which makes every
     # expert carry the shared factor on its own.
     joint_subset_drop: float = Field(default=0.0, ge=0, lt=1)
-    num_classes: int = Field(default=10, ge=0)  # 0: no label head
+    num_classes: int = Field(default=10, ge=0)  # > 0: the label head "label" reads F_y; 0: no label head
     label_hidden: list[int] = Field(default_factory=lambda: [64])
+    heads: dict[str, HeadConfig] = Field(default_factory=dict)  # further heads, by name
+
+    @field_validator("family")
+    @classmethod
+    def _known_family(cls, family: str) -> str:
+        from mmvae.families import FAMILIES
+
+        return check_registered("model family", family, FAMILIES)
+
+    # Kinds are checked here rather than on ModalityConfig/HeadConfig, so that a kind may be registered
+    # after its ModalityConfig is made (and before the model config is validated).
+    @field_validator("modalities")
+    @classmethod
+    def _known_modality_kinds(cls, modalities: dict[str, ModalityConfig]) -> dict[str, ModalityConfig]:
+        from mmvae.modalities import MODALITY_KINDS
+
+        for name, mc in modalities.items():
+            try:
+                check_registered("kind", mc.kind, MODALITY_KINDS)
+            except ValueError as e:
+                raise ValueError(f"modality '{name}': {e}") from None
+        return modalities
+
+    @field_validator("heads")
+    @classmethod
+    def _known_head_kinds(cls, heads: dict[str, HeadConfig]) -> dict[str, HeadConfig]:
+        from mmvae.heads import HEADS
+
+        for name, hc in heads.items():
+            try:
+                check_registered("head kind", hc.kind, HEADS)
+            except ValueError as e:
+                raise ValueError(f"head '{name}': {e}") from None
+        return heads
+
+    @field_validator("fusion")
+    @classmethod
+    def _known_fusion(cls, fusion: str) -> str:
+        from mmvae.fusion import FUSIONS
+
+        return check_registered("fusion", fusion, FUSIONS)
+
+    @model_validator(mode="after")
+    def _check_roles(self) -> "ModelConfig":
+        observed = [m for m, mc in self.modalities.items() if mc.role == "observed"]
+        conditions = {m for m, mc in self.modalities.items() if mc.role == "condition"}
+        if not observed:
+            raise ValueError("at least one modality must have role 'observed'")
+        users = {f"modalities.{m}": mc.conditioned_on for m, mc in self.modalities.items()}
+        users.update({f"heads.{h}": hc.conditioned_on for h, hc in self.heads.items()})
+        for where, names in users.items():
+            for c in names:
+                if c not in conditions:
+                    raise ValueError(f"{where}.conditioned_on names {c!r}, which is not a modality with role "
+                                     f"'condition'{did_you_mean(c, conditions)}; conditions: {sorted(conditions)}")
+        if "label" in self.heads:
+            raise ValueError("heads.label is reserved for the label head (set model.num_classes instead)")
+        return self
+
+    @property
+    def observed(self) -> list[str]:
+        """Names of the observed (fused and reconstructed) modalities, in config order."""
+        return [m for m, mc in self.modalities.items() if mc.role == "observed"]
+
+    @property
+    def conditions(self) -> list[str]:
+        """Names of the condition modalities, in config order."""
+        return [m for m, mc in self.modalities.items() if mc.role == "condition"]
+
+
+class WeightSchedule(Strict):
+    """A loss weight: `value`, reached by a linear ramp from 0 over `warmup_steps` (0: constant)."""
+
+    value: float = Field(default=1.0, ge=0)
+    warmup_steps: int = Field(default=0, ge=0)
+
+    def at(self, step: int) -> float:
+        """The weight at optimiser step `step`."""
+        ramp = 1.0 if self.warmup_steps == 0 else min(1.0, step / self.warmup_steps)
+        return self.value * ramp
 
 
 class LossConfig(Strict):
     prior_match: Literal["kl", "mmd"] = "kl"
     mmd_kernel: Literal["rbf", "imq"] = "rbf"
     mmd_gather: bool = True  # under DDP: all-gather latents (with gradient) before MMD; False = per-rank estimate
-    label_weight: float = Field(default=1.0, ge=0)
-    recon_weight: float = Field(default=1.0, ge=0)  # multiplies every modality's own weight
-    prior_weight: float = Field(default=1.0, ge=0)
-    beta_joint: float = Field(default=1.0, ge=0)
-    beta_private: float = Field(default=1.0, ge=0)
-    # Linear ramps of each group's beta from 0. Warming up the private factors lets them soak up content
-    # (the digit) before the joint factor has learned it, so by default only the joint factor warms up.
-    beta_joint_warmup_steps: int = Field(default=0, ge=0)
-    beta_private_warmup_steps: int = Field(default=0, ge=0)
+    # Which loss-term groups (keys of mmvae.losses.LOSS_TERMS) make the loss; None: the family's default.
+    terms: list[str] | None = None
+    # Weights by term name or glob pattern ("label", "kl/private/*", "recon/*"): a number or
+    # {value, warmup_steps}. The most specific match wins (an exact name, then the longest pattern);
+    # terms that match nothing weigh 1. Every key must match a term the model produces.
+    # Warming up the private factors lets them soak up content (the digit) before the joint factor has
+    # learned it, so the shipped configs warm up only the joint factor.
+    weights: dict[str, float | WeightSchedule] = Field(default_factory=dict)
+
+    @field_validator("terms")
+    @classmethod
+    def _known_terms(cls, terms: list[str] | None) -> list[str] | None:
+        from mmvae.losses import LOSS_TERMS
+
+        for t in terms or []:
+            check_registered("loss term", t, LOSS_TERMS)
+        return terms
+
+    def schedule(self, key: str) -> WeightSchedule:
+        """The weight schedule of one `weights` entry."""
+        w = self.weights[key]
+        return w if isinstance(w, WeightSchedule) else WeightSchedule(value=w)
 
     @property
-    def beta_warmup_end(self) -> int:
-        """The step from which no beta changes any more."""
-        return max(self.beta_joint_warmup_steps, self.beta_private_warmup_steps)
+    def schedules_end(self) -> int:
+        """The step from which no loss weight changes any more (derived from the schedules)."""
+        return max([0, *(self.schedule(k).warmup_steps for k in self.weights)])
+
+    # The name kept from version 1, used by the compile path and benchmarks.
+    beta_warmup_end = schedules_end
+
+
+DATA_LOADERS = ("indexed", "dataloader")
 
 
 class DataConfig(Strict):
-    name: Literal["toy", "mnist_svhn"] = "toy"
-    path: str | None = None  # prepared dataset folder (mnist_svhn)
+    name: str = "toy"  # a key of mmvae.data.registry.DATASETS
+    path: str | None = None  # prepared dataset folder (datasets that need preparing)
     loader: Literal["indexed", "dataloader"] = "indexed"
     on_device: bool = False  # hold the whole dataset on the training device
     num_workers: int = Field(default=0, ge=0)  # dataloader path only
     train_size: int = Field(default=4096, ge=1)  # toy only
     test_size: int = Field(default=1024, ge=1)  # toy only
     missing_prob: float = Field(default=0.0, ge=0, lt=1)  # toy only: chance each modality is absent
+
+    @field_validator("name")
+    @classmethod
+    def _known_dataset(cls, name: str) -> str:
+        from mmvae.data.registry import DATASETS
+
+        return check_registered("dataset", name, DATASETS)
 
 
 class TrainConfig(Strict):
@@ -115,6 +257,7 @@ class LoggingConfig(Strict):
 
 
 class ExperimentConfig(Strict):
+    schema_version: int = SCHEMA_VERSION
     name: str = "experiment"
     seed: int = 0
     out_dir: str = "runs"
@@ -125,10 +268,95 @@ class ExperimentConfig(Strict):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
-    def _check_data_path(self) -> "ExperimentConfig":
-        if self.data.name == "mnist_svhn" and not self.data.path:
-            raise ValueError("data.path must name a prepared MNIST-SVHN folder (see `mmvae prepare mnist-svhn`)")
+    def _check_with_dataset(self) -> "ExperimentConfig":
+        from mmvae.data.registry import DATASETS
+
+        DATASETS[self.data.name].check_config(self)
         return self
+
+
+# --- schema migration -------------------------------------------------------------------------------
+# Version 1 loss keys and their defaults: they become `loss.weights` entries.
+_V1_LOSS_KEYS = {"label_weight": 1.0, "recon_weight": 1.0, "prior_weight": 1.0, "beta_joint": 1.0,
+                 "beta_private": 1.0, "beta_joint_warmup_steps": 0, "beta_private_warmup_steps": 0}
+
+
+def _weight_entry(value: float, warmup: int) -> float | dict:
+    return {"value": value, "warmup_steps": warmup} if warmup else value
+
+
+def migrate_tree(tree: dict) -> dict:
+    """Any older config tree -> the current schema (a new dict; the input is not modified).
+
+    Version 1 -> 2: the β keys become `loss.weights` entries. label_weight -> "label", recon_weight ->
+    "recon/*", prior_weight x beta_joint (warm-up beta_joint_warmup_steps) -> "<prior>/joint",
+    prior_weight x beta_private -> "<prior>/private/*", a modality's private_beta -> "<prior>/private/<m>"
+    (with the private warm-up). Entries equal to the defaults (weight 1, no warm-up) are not written.
+    Old keys are accepted in any version; giving one together with the `weights` entry it maps to is an error.
+    """
+    if not isinstance(tree, dict):
+        return tree
+    version = tree.get("schema_version", 1)
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise ConfigError(f"key 'schema_version': {version} was written by a newer mmvae (this one reads up to "
+                          f"{SCHEMA_VERSION})")
+    tree = {**tree, "schema_version": SCHEMA_VERSION}
+    loss = tree.get("loss")
+    model = tree.get("model")
+    modalities = model.get("modalities") if isinstance(model, dict) else None
+    private_betas = {}
+    if isinstance(modalities, dict):
+        new_modalities = {}
+        for m, mc in modalities.items():
+            if isinstance(mc, dict) and "private_beta" in mc:
+                mc = dict(mc)
+                beta = mc.pop("private_beta")
+                if beta is not None:
+                    private_betas[m] = beta
+            new_modalities[m] = mc
+        tree["model"] = {**model, "modalities": new_modalities}
+    if loss is None and not private_betas:
+        return tree
+    if loss is not None and not isinstance(loss, dict):
+        return tree  # validation reports the wrong type
+    loss = dict(loss or {})
+    old = {k: loss.pop(k) for k in list(loss) if k in _V1_LOSS_KEYS}
+    if not old and not private_betas:
+        return tree
+    for k, v in old.items():
+        if not isinstance(v, (int, float)) or isinstance(v, bool):
+            raise ConfigError(f"key 'loss.{k}': expected a number, got {v!r}")
+    get = lambda k: old.get(k, _V1_LOSS_KEYS[k])  # noqa: E731
+    prior = loss.get("prior_match", "kl")
+    new: dict[str, Any] = {}
+    if get("label_weight") != 1.0:
+        new["label"] = get("label_weight")
+    if get("recon_weight") != 1.0:
+        new["recon/*"] = get("recon_weight")
+    joint = get("prior_weight") * get("beta_joint")
+    if joint != 1.0 or get("beta_joint_warmup_steps"):
+        new[f"{prior}/joint"] = _weight_entry(joint, get("beta_joint_warmup_steps"))
+    private = get("prior_weight") * get("beta_private")
+    if private != 1.0 or get("beta_private_warmup_steps"):
+        new[f"{prior}/private/*"] = _weight_entry(private, get("beta_private_warmup_steps"))
+    for m, beta in private_betas.items():
+        if not isinstance(beta, (int, float)) or isinstance(beta, bool):
+            raise ConfigError(f"key 'model.modalities.{m}.private_beta': expected a number, got {beta!r}")
+        new[f"{prior}/private/{m}"] = _weight_entry(get("prior_weight") * beta, get("beta_private_warmup_steps"))
+    weights = loss.get("weights") or {}
+    if not isinstance(weights, dict):
+        raise ConfigError(f"key 'loss.weights': expected a mapping of term name -> weight, got {weights!r}")
+    clash = sorted(set(weights) & set(new))
+    if clash:
+        raise ConfigError(f"key 'loss.weights.{clash[0]}' is also set by an old (version 1) loss key; keep one of them")
+    loss["weights"] = {**weights, **new}
+    tree["loss"] = loss
+    return tree
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -138,7 +366,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{key}'")
         else:
-            lines.append(f"  key '{key}': {e['msg']} (got {e.get('input')!r})")
+            lines.append(f"  key '{key}': {e['msg']} (got {_short(e.get('input'))})")
     return "\n".join(lines)
 
 
@@ -165,9 +393,9 @@ def apply_override(tree: dict, override: str) -> None:
 
 
 def config_from_dict(tree: dict, source: str = "<dict>") -> ExperimentConfig:
-    """Validate a plain dict as an ExperimentConfig."""
+    """Validate a plain dict (of any schema version) as an ExperimentConfig."""
     try:
-        return ExperimentConfig.model_validate(tree)
+        return ExperimentConfig.model_validate(migrate_tree(tree))
     except ValidationError as err:
         raise ConfigError(_format_validation_error(err, source)) from None
 

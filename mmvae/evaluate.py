@@ -1,40 +1,44 @@
-"""`mmvae evaluate RUN`: metrics on the test split, written as JSON and markdown.
+"""Evaluation in one place: `mmvae evaluate RUN` (metrics on the test split, written as JSON and markdown)
+and the evaluation the trainer runs every `train.eval_every` steps.
 
-Metric functions take arrays or a model plus a batch source; each returns a flat dict of floats.
+Metric functions take arrays or a model (any family) plus a batch source; each returns a flat dict of
+floats. Dataset-specific metrics and reference targets come from the dataset's registry entry.
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from mmvae.data.loader import limited_batches
-from mmvae.data.source import BatchSource, batch_to
+from mmvae.batch import batch_size as batch_size_of
+from mmvae.batch import batch_to, labels
+from mmvae.data.loader import ShuffledBatches, limited_batches
+from mmvae.data.registry import DATASETS, MNIST_SVHN_TARGETS  # noqa: F401  (MNIST_SVHN_TARGETS: its old home)
+from mmvae.data.source import BatchSource
+from mmvae.families.base import MultimodalModel
 from mmvae.iwae import iwae_log_likelihood
 from mmvae.losses import compute_loss
-from mmvae.model import FactorizedMultimodalVAE
 from mmvae.runs import LoadedRun
 
-# MNIST–SVHN reference figures: (metric, ">=" or "<=", full-budget target, quick-CPU floor or None).
-# The classifier rows are the accuracies below which coherence figures are not trustworthy.
-MNIST_SVHN_TARGETS = [
-    ("classifier_test_accuracy/mnist", ">=", 0.99, 0.99),
-    ("classifier_test_accuracy/svhn", ">=", 0.95, 0.95),
-    ("coherence/mnist->svhn", ">=", 0.90, 0.80),
-    ("coherence/svhn->mnist", ">=", 0.85, 0.80),
-    ("coherence/joint", ">=", 0.50, None),
-    ("probe/joint/mnist", ">=", 0.95, None),
-    ("probe/joint/svhn", ">=", 0.85, None),
-    ("probe/private/mnist", "<=", 0.20, 0.25),
-    ("probe/private/svhn", "<=", 0.20, 0.25),
-    ("swap/accuracy", ">=", 0.90, 0.80),
-]
+
+@dataclass(frozen=True)
+class EvalSettings:
+    """How much of the data each metric uses."""
+
+    limit: int | None = None  # test samples for loss terms and label accuracy (None: all)
+    iwae_samples: int = 1000
+    iwae_limit: int = 256
+    seed: int = 0
+    generative_limit: int = 10_000
+    probe_train: int = 10_000
 
 
 @torch.no_grad()
-def loss_metrics(model: FactorizedMultimodalVAE, run: LoadedRun, source: BatchSource, limit: int | None, device) -> dict[str, float]:
+def loss_metrics(model: MultimodalModel, run: LoadedRun, source: BatchSource, limit: int | None, device) -> dict[str, float]:
     """Mean of every loss term over the first `limit` test samples (posterior samples, fixed seed)."""
     sums: dict[str, float] = {}
     count = 0
@@ -42,7 +46,7 @@ def loss_metrics(model: FactorizedMultimodalVAE, run: LoadedRun, source: BatchSo
         batch = batch_to(batch, device)
         out = model(batch)
         loss = compute_loss(model, out, batch, run.config.loss, step=10**9)
-        b = batch["y"].shape[0]
+        b = batch_size_of(batch)
         for k, v in loss.as_log("test/").items():
             sums[k] = sums.get(k, 0.0) + float(v) * b
         count += b
@@ -50,26 +54,25 @@ def loss_metrics(model: FactorizedMultimodalVAE, run: LoadedRun, source: BatchSo
 
 
 @torch.no_grad()
-def label_accuracy(model: FactorizedMultimodalVAE, source: BatchSource, limit: int | None, device) -> dict[str, float]:
+def label_accuracy(model: MultimodalModel, source: BatchSource, limit: int | None, device) -> dict[str, float]:
     """Label accuracy of the head on the joint posterior mean, from all modalities and from each one alone."""
-    if model.label_head is None:
+    if not model.has_label_head:
         return {}
-    subsets = {"all": model.names, **{m: [m] for m in model.names}}
+    subsets = {"all": None, **{m: [m] for m in model.names}}
     correct = {k: 0 for k in subsets}
     count = 0
     for batch in limited_batches(source, 256, limit):
         batch = batch_to(batch, device)
-        inputs = model.preprocess(batch["x"])
-        known = batch["y"] >= 0
+        y = labels(batch)
+        known = y >= 0
         for key, names in subsets.items():
-            present = {m: batch["present"][m] & (m in names) for m in model.names}
-            pred = model.classify(model.encode(inputs, present).joint.mu).argmax(-1)
-            correct[key] += int((pred[known] == batch["y"][known]).sum())
+            pred = model.classify(model.posteriors(batch, joint_from=names).joint.mean).argmax(-1)
+            correct[key] += int((pred[known] == y[known]).sum())
         count += int(known.sum())
     return {f"label_accuracy/{k}": c / max(count, 1) for k, c in correct.items()}
 
 
-def iwae_metric(model: FactorizedMultimodalVAE, source: BatchSource, num_samples: int, limit: int, device) -> dict[str, float]:
+def iwae_metric(model: MultimodalModel, source: BatchSource, num_samples: int, limit: int, device) -> dict[str, float]:
     """Mean IWAE log-likelihood (nats per sample) over the first `limit` test samples."""
     total, count = 0.0, 0
     for batch in limited_batches(source, 32, limit):
@@ -79,14 +82,55 @@ def iwae_metric(model: FactorizedMultimodalVAE, source: BatchSource, num_samples
     return {f"iwae_log_likelihood/K={num_samples}": total / max(count, 1), "iwae_samples": count}
 
 
+@torch.no_grad()
+def in_training_metrics(model: MultimodalModel, source: BatchSource, loss_cfg, step: int, batch_size: int,
+                        max_batches: int, seed: int, device: torch.device, autocast=None) -> dict[str, float]:
+    """What the trainer logs every eval_every steps: mean loss terms and label accuracy from Z_y on the first
+    `max_batches` test batches.
+
+    Runs under a forked RNG with a fixed seed, so it neither perturbs training nor varies between runs.
+    """
+    autocast = autocast or nullcontext()
+    model.eval()
+    devices = [device] if device.type == "cuda" else []
+    totals: dict[str, float] = {}
+    correct = count = 0
+    loader = ShuffledBatches(source, batch_size, seed=0, shuffle=False, drop_last=False)
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for i, batch in enumerate(loader.epoch(0)):
+            if i >= max_batches:
+                break
+            batch = batch_to(batch, device)
+            with autocast:
+                out = model(batch)
+                loss = compute_loss(model, out, batch, loss_cfg, step)
+            for k, v in loss.as_log("eval/").items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            if out.logits is not None:
+                with autocast:  # the posterior mean is bf16 under autocast; classify it the same way
+                    pred = model.classify(out.posteriors.joint.mean).argmax(-1)
+                y = labels(batch)
+                known = y >= 0
+                correct += int((pred[known] == y[known]).sum())
+                count += int(known.sum())
+    n = min(max_batches, loader.batches_per_epoch)
+    metrics = {k: v / n for k, v in totals.items()}
+    if count:
+        metrics["eval/label_accuracy"] = correct / count
+    return metrics
+
+
 def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | None = None,
                  iwae_samples: int = 1000, iwae_limit: int = 256, seed: int = 0,
                  train: BatchSource | None = None, generative_limit: int = 10_000, probe_train: int = 10_000) -> dict:
     """All metrics the run's dataset supports; writes metrics.json and metrics.md into out_dir.
 
-    Every dataset: loss terms, label accuracy from Z_y, IWAE. MNIST–SVHN (with its cached digit
-    classifiers): cross/joint coherence, swap accuracy, style preservation, linear probes.
+    Every dataset: loss terms, label accuracy from Z_y, IWAE. Beyond those, whatever the dataset's
+    registry entry provides (MNIST–SVHN with its cached digit classifiers: cross/joint coherence, swap
+    accuracy, style preservation, linear probes).
     """
+    settings = EvalSettings(limit, iwae_samples, iwae_limit, seed, generative_limit, probe_train)
     device = next(run.model.parameters()).device
     torch.manual_seed(seed)
     metrics: dict = {"step": run.step, "test_samples": len(test) if limit is None else min(limit, len(test))}
@@ -94,16 +138,9 @@ def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | 
     metrics.update(label_accuracy(run.model, test, limit, device))
     if iwae_samples > 0:
         metrics.update(iwae_metric(run.model, test, iwae_samples, iwae_limit, device))
-    if run.config.data.name == "mnist_svhn":
-        from mmvae.classifiers import load_digit_classifiers
-        from mmvae.metrics import generative_metrics, linear_probes
-
-        classifiers, record = load_digit_classifiers(run.config.data.path, device)
-        metrics.update({f"classifier_test_accuracy/{m}": r["test_accuracy"] for m, r in record["modalities"].items()})
-        glimit = generative_limit if limit is None else min(limit, generative_limit)
-        metrics.update(generative_metrics(run.model, test, classifiers, glimit, prior_samples=glimit, seed=seed))
-        if train is not None:
-            metrics.update(linear_probes(run.model, train, test, probe_train, glimit))
+    entry = DATASETS[run.config.data.name]
+    if entry.metrics is not None:
+        metrics.update(entry.metrics(run, train, test, settings))
     metrics["provenance"] = getattr(test, "provenance", {})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
@@ -117,19 +154,21 @@ def metrics_markdown(metrics: dict, run: LoadedRun) -> str:
     for k, v in metrics.items():
         if isinstance(v, (int, float)):
             lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
-    if any(key in metrics for key, *_ in MNIST_SVHN_TARGETS):
+    config = getattr(run, "config", None)
+    entry = DATASETS.get(config.data.name) if config is not None else None
+    # Without a config (a bare report of figures), every dataset's targets whose metrics are present apply.
+    targets = entry.targets if entry is not None else [t for e in DATASETS.values() for t in e.targets]
+    if any(key in metrics for key, *_ in targets):
         lines += ["", "| against the reference figures | value | full target | quick floor |", "|---|---|---|---|"]
-        for key, op, full, quick in MNIST_SVHN_TARGETS:
+        for key, op, full, quick in targets:
             if key in metrics:
                 lines.append(f"| {key} | {metrics[key]:.4f} | {_verdict(metrics[key], op, full)} | "
                              f"{_verdict(metrics[key], op, quick)} |")
     prov = metrics.get("provenance") or {}
-    svhn = prov.get("svhn") if isinstance(prov.get("svhn"), dict) else None
-    if svhn is not None:
-        lines += ["", f"SVHN source: **{svhn.get('source')}** ({svhn.get('reason', '')})."]
-        if svhn.get("source") == "synthetic":
-            lines.append("These figures use the offline street-digit stand-in, not real SVHN: they are not comparable "
-                         "with published MNIST–SVHN results.")
+    if entry is not None and entry.provenance_notes is not None:
+        notes = entry.provenance_notes(prov)
+        if notes:
+            lines += ["", *notes]
     if prov:
         flat = {k: v for k, v in prov.items() if not isinstance(v, (dict, list))}
         if flat:

@@ -34,7 +34,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmvae.model import FactorizedMultimodalVAE
+from mmvae.batch import labels as batch_labels
+from mmvae.families.base import MultimodalModel
 from mmvae.modalities import Modality
 
 MODES = ("loss", "jacobian")
@@ -157,23 +158,33 @@ class Encoded:
     present: dict[str, Tensor]
     z_joint: Tensor  # (B, Dy) posterior mean
     f_joint: Tensor  # (B, Fy) = G_y(z_joint)
-    f_private: dict[str, Tensor]  # (B, Fm) = G_m(posterior mean of Z_m)
+    f_private: dict[str, Tensor]  # (B, Fm) = G_m(posterior mean of Z_m), modalities with a private factor
+    cond: dict[str, Tensor] = field(default_factory=dict)  # condition features (B, F_c)
+    masks: dict[str, Tensor] = field(default_factory=dict)  # per-element masks of padded modalities
 
 
 @torch.no_grad()
-def encode_means(model: FactorizedMultimodalVAE, batch: dict) -> Encoded:
+def encode_means(model: MultimodalModel, batch: dict) -> Encoded:
     """Preprocess and encode a batch with posterior means (no sampling): deterministic."""
     if model.training:
         raise ValueError("attribution needs the model in eval mode (call model.eval())")
-    inputs = model.preprocess(batch["x"])
-    post = model.encode(inputs, batch["present"])
-    f_private = {m: model.private_features[m](q.mu) for m, q in post.private.items()}
-    return Encoded(inputs, batch["present"], post.joint.mu, model.joint_features(post.joint.mu), f_private)
+    masks = batch.get("mask", {})
+    inputs = model.preprocess(batch["x"], masks)
+    post = model.encode(inputs, batch["present"], masks)
+    f_private = {m: model.private_feature(m, q.mu) for m, q in post.private.items()}
+    cond = {c: post.encodings[c].h for c in model.conditions}
+    z = post.joint.mean
+    return Encoded(inputs, batch["present"], z, model.joint_features(z), f_private, cond, masks)
 
 
-def decode_from_features(model: FactorizedMultimodalVAE, name: str, f_joint: Tensor, f_private: Tensor) -> Tensor:
-    """Likelihood parameters of modality `name` from features [F_y, F_m] (as `model.decode_features` does)."""
-    return model.modalities[name].decode(torch.cat([f_joint, f_private], dim=-1))
+def _rows(d: dict[str, Tensor], index) -> dict[str, Tensor]:
+    return {k: v[index] for k, v in d.items()}
+
+
+def decode_from_features(model: MultimodalModel, name: str, f_joint: Tensor, f_private: Tensor | None,
+                         cond: dict[str, Tensor] | None = None) -> Tensor:
+    """Likelihood parameters of modality `name` from features F_y, F_m (and conditions), as the model decodes."""
+    return model.decode_from_features(name, f_joint, f_private, cond)
 
 
 # --- feature gradients: forward-mode Jacobians ---------------------------------------------------------
@@ -225,7 +236,7 @@ def part_gradient_norms(
         tangents = list(forward_jacobian(outputs, f))
     result = {}
     if "jacobian" in modes:
-        squares = _sum_trailing(tangents.pop(0).pow(2).sum(0), 1 + len(modality.shape))  # (B, *shape)
+        squares = _sum_trailing(tangents.pop(0).pow(2).sum(0), 1 + len(modality.model_shape))  # (B, *shape)
         result["jacobian"] = modality.to_parts(squares).clamp_min(0).sqrt()
     if "loss" in modes:
         result["loss"] = tangents.pop(0).pow(2).sum(0).sqrt()
@@ -237,7 +248,7 @@ def _chunk_size(feature_dim: int, per_sample: int, budget: int) -> int:
 
 
 def feature_attributions(
-    model: FactorizedMultimodalVAE, enc: Encoded, factor: str, settings: AttributionSettings
+    model: MultimodalModel, enc: Encoded, factor: str, settings: AttributionSettings
 ) -> dict[str, dict[str, Tensor]]:
     """{m: {"<factor>/<mode>": (B, P)}} for factor "joint" (w.r.t. F_y) or "private" (w.r.t. each F_m)."""
     if factor not in ("joint", "private"):
@@ -246,18 +257,22 @@ def feature_attributions(
     n = enc.f_joint.shape[0]
     for m in model.names:
         modality = model.modalities[m]
+        if factor == "private" and m not in enc.f_private:
+            continue  # a modality without a private factor
         f_all = enc.f_joint if factor == "joint" else enc.f_private[m]
-        per_sample = 2 * math.prod(modality.shape)  # reconstruction and loss tangents
+        per_sample = 2 * math.prod(modality.model_shape)  # reconstruction and loss tangents
         step = _chunk_size(f_all.shape[1], per_sample, settings.max_chunk_elements)
         pieces: dict[str, list[Tensor]] = {mode: [] for mode in settings.modes}
         for lo in range(0, n, step):
             sl = slice(lo, lo + step)
-            fy, fm, x = enc.f_joint[sl], enc.f_private[m][sl], enc.inputs[m][sl]
+            fy, x = enc.f_joint[sl], enc.inputs[m][sl]
+            fm = enc.f_private[m][sl] if m in enc.f_private else None
+            cond = _rows(enc.cond, sl)
             if factor == "joint":
-                decode = lambda f, fm=fm: decode_from_features(model, m, f, fm)  # noqa: E731
+                decode = lambda f, fm=fm, cond=cond: decode_from_features(model, m, f, fm, cond)  # noqa: E731
                 f = fy
             else:
-                decode = lambda f, fy=fy: decode_from_features(model, m, fy, f)  # noqa: E731
+                decode = lambda f, fy=fy, cond=cond: decode_from_features(model, m, fy, f, cond)  # noqa: E731
                 f = fm
             for mode, value in part_gradient_norms(modality, decode, f, x, settings.modes).items():
                 pieces[mode].append(value)
@@ -307,7 +322,7 @@ def _select(out: Tensor, target: Tensor | None) -> Tensor:
 class _ModelScalar:
     """Captum forward functions over the model's float inputs (other inputs ride along as extra args)."""
 
-    def __init__(self, model: FactorizedMultimodalVAE, float_names: list[str], other_names: list[str]):
+    def __init__(self, model: MultimodalModel, float_names: list[str], other_names: list[str]):
         self.model, self.float_names, self.other_names = model, float_names, other_names
 
     def _joint_mu(self, args: tuple) -> tuple[Tensor, tuple]:
@@ -315,7 +330,7 @@ class _ModelScalar:
         inputs = dict(zip(self.float_names, args[:k])) | dict(zip(self.other_names, args[k : k + j]))
         present_matrix = args[k + j]  # (B, M) bool, one column per model.names
         present = {m: present_matrix[:, i] for i, m in enumerate(self.model.names)}
-        return self.model.encode(inputs, present).joint.mu, args[k + j + 1 :]
+        return self.model.encode(inputs, present).joint.mean, args[k + j + 1 :]
 
     def label_logits(self, *args: Tensor) -> Tensor:
         """(B, num_classes) logits from the joint factor."""
@@ -329,12 +344,14 @@ class _ModelScalar:
 
 
 def input_attributions(
-    model: FactorizedMultimodalVAE, enc: Encoded, target: Tensor | None, settings: AttributionSettings
+    model: MultimodalModel, enc: Encoded, target: Tensor | None, settings: AttributionSettings
 ) -> tuple[dict[str, dict[str, Tensor]], dict[str, Completeness]]:
-    """IG per input element, summed into parts: ({m: {"ig/label", "ig/joint": (B, P)}}, completeness per kind)."""
+    """IG per input element, summed into parts: ({m: {"ig/label", "ig/joint": (B, P)}}, completeness per kind).
+
+    Conditions and inputs that cannot be interpolated (token ids) ride along unchanged."""
     names = model.names
     float_names = [m for m in names if enc.inputs[m].is_floating_point()]
-    other_names = [m for m in names if m not in float_names]  # e.g. token ids: not interpolable
+    other_names = [m for m in names if m not in float_names] + list(model.conditions)
     scalar = _ModelScalar(model, float_names, other_names)
     present = torch.stack([enc.present[m] for m in names], dim=1)  # (B, M)
     n = present.shape[0]
@@ -351,7 +368,7 @@ def input_attributions(
         common = (*(enc.inputs[m][sl] for m in other_names), present[sl])
         with torch.no_grad():
             origin = model.encode(dict(zip(float_names, x0s)) | dict(zip(other_names, common)), {
-                m: present[sl, i] for i, m in enumerate(names)}).joint.mu
+                m: present[sl, i] for i, m in enumerate(names)}).joint.mean
         offset = enc.z_joint[sl] - origin
         direction = offset / offset.norm(dim=1, keepdim=True).clamp_min(1e-12)
         for kind, fn, tgt in jobs:
@@ -363,7 +380,7 @@ def input_attributions(
             for m, a in zip(float_names, attrs):
                 parts[m].setdefault(kind, []).append(model.modalities[m].to_parts(a))
     out = {m: {kind: torch.cat(v) for kind, v in parts[m].items()} for m in float_names}
-    for m in other_names:
+    for m in [k for k in other_names if k in names]:
         rows = model.modalities[m].to_parts(torch.zeros(enc.inputs[m].shape))
         out[m] = {kind: torch.zeros_like(rows) for kind, _, _ in jobs}
     completeness = {
@@ -427,7 +444,7 @@ def deletion_curves(
 
 
 def deletion_tests(
-    model: FactorizedMultimodalVAE,
+    model: MultimodalModel,
     enc: Encoded,
     maps: dict[str, dict[str, Tensor]],
     target: Tensor | None,
@@ -444,20 +461,24 @@ def deletion_tests(
             continue
         # Only samples where m is observed can lose it; a capped subset keeps the test cheap.
         keep = present.nonzero().squeeze(1)[: settings.deletion_max_samples]
-        x_m, f_m = enc.inputs[m][keep], enc.f_private[m][keep]
+        x_m = enc.inputs[m][keep]
+        f_m = enc.f_private[m][keep] if m in enc.f_private else None
         sub_present = {k: v[keep] for k, v in enc.present.items()}
+        sub_cond = _rows(enc.cond, keep)
         with torch.no_grad():  # the other modalities are not masked: encode them once (as model.encode does)
-            features = {k: model.modalities[k].encode(enc.inputs[k][keep]) for k in model.names if k != m}
+            features = {k: model.modalities[k].encode(enc.inputs[k][keep]).h for k in model.names if k != m}
         parts = model.modalities[m].parts_shape
 
         def joint_mu(masked: Tensor) -> Tensor:
             reps = masked.shape[0] // keep.shape[0]
-            feats = {k: _tile(v, reps) for k, v in features.items()} | {m: modality.encode(masked)}
-            return model.fusion(feats, {k: _tile(v, reps) for k, v in sub_present.items()}).mu
+            feats = {k: _tile(v, reps) for k, v in features.items()} | {m: modality.encode(masked).h}
+            return model.fuse(feats, {k: _tile(v, reps) for k, v in sub_present.items()}).mean
 
         def recon_loss(masked: Tensor) -> Tensor:
             reps = masked.shape[0] // keep.shape[0]
-            params = decode_from_features(model, m, model.joint_features(joint_mu(masked)), _tile(f_m, reps))
+            params = decode_from_features(model, m, model.joint_features(joint_mu(masked)),
+                                          None if f_m is None else _tile(f_m, reps),
+                                          {c: _tile(v, reps) for c, v in sub_cond.items()})
             return -modality.log_prob(params, _tile(x_m, reps)) / math.prod(parts)
 
         def label_drop(masked: Tensor) -> Tensor:
@@ -483,7 +504,7 @@ def deletion_tests(
 
 
 # --- the whole pass -----------------------------------------------------------------------------------
-def attribute(model: FactorizedMultimodalVAE, batch: dict, settings: AttributionSettings | None = None) -> AttributionResult:
+def attribute(model: MultimodalModel, batch: dict, settings: AttributionSettings | None = None) -> AttributionResult:
     """Every attribution of `settings` for one batch (see the module docstring)."""
     settings = settings or AttributionSettings()
     seconds: dict[str, float] = {}
@@ -496,10 +517,10 @@ def attribute(model: FactorizedMultimodalVAE, batch: dict, settings: Attribution
         seconds[factor] = time.perf_counter() - clock
         clock = time.perf_counter()
 
-    labels = batch["y"]
+    labels = batch_labels(batch)
     predicted = target = None
     completeness: dict[str, Completeness] = {}
-    if model.label_head is not None:
+    if model.has_label_head:
         with torch.no_grad():
             predicted = model.classify(enc.z_joint).argmax(1)
         if settings.target == "label" and bool((labels < 0).any()):
@@ -517,7 +538,8 @@ def attribute(model: FactorizedMultimodalVAE, batch: dict, settings: Attribution
         seconds["deletion"] = time.perf_counter() - clock
     with torch.no_grad():
         recon = {
-            m: model.modalities[m].mean(decode_from_features(model, m, enc.f_joint, enc.f_private[m])) for m in model.names
+            m: model.mean(m, decode_from_features(model, m, enc.f_joint, enc.f_private.get(m), enc.cond))
+            for m in model.names
         }
     kinds = [k for k in settings.kinds() if all(k in maps[m] for m in model.names)]
     return AttributionResult(

@@ -1,14 +1,42 @@
-"""Latent factors: diagonal Gaussian posteriors, KL and MMD prior matching, product of experts."""
+"""Latent factors: diagonal Gaussian posteriors, mixtures of them, KL and MMD prior matching, product of experts.
+
+Every joint posterior a fusion returns follows `JointPosterior`: a mean, reparameterised samples (one or K),
+log-densities, and a closed-form KL to N(0, I) where one exists (None: the loss term estimates it by
+Monte Carlo from the sample it decodes).
+"""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import Tensor
 
 LOG_2PI = math.log(2.0 * math.pi)
+
+
+@runtime_checkable
+class JointPosterior(Protocol):
+    """What a fusion returns: q(Z_y | x_present) for a batch of B samples over D dimensions."""
+
+    @property
+    def mean(self) -> Tensor:
+        """(B, D): the point used for generation, swaps and attribution."""
+        ...
+
+    def rsample(self, num_samples: int | None = None) -> Tensor:
+        """Reparameterised samples: (B, D), or (K, B, D) with num_samples=K."""
+        ...
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log q(z): (..., B, D) -> (..., B)."""
+        ...
+
+    def kl_to_prior(self) -> Tensor | None:
+        """Closed-form KL(q || N(0, I)) per sample (B,), or None where there is none."""
+        ...
 
 
 @dataclass
@@ -23,6 +51,10 @@ class DiagonalGaussian:
         """Split a (B, 2D) head output into mean and a clamped log-variance."""
         mu, logvar = params.chunk(2, dim=-1)
         return cls(mu, logvar.clamp(min_logvar, max_logvar))
+
+    @property
+    def mean(self) -> Tensor:
+        return self.mu
 
     @property
     def var(self) -> Tensor:
@@ -46,8 +78,57 @@ class DiagonalGaussian:
         """Closed-form KL(q || N(0, I)) per sample: (B,)."""
         return 0.5 * (self.mu**2 + self.var - self.logvar - 1.0).sum(-1)
 
+    def kl_to_prior(self) -> Tensor:
+        """JointPosterior protocol: the closed form."""
+        return self.kl_to_standard_normal()
+
     def detach(self) -> "DiagonalGaussian":
         return DiagonalGaussian(self.mu.detach(), self.logvar.detach())
+
+
+@dataclass
+class MixtureOfDiagonalGaussians:
+    """q(z) = sum_c w_c N(z; mu_c, diag(exp(logvar_c))), per sample; mu, logvar (C, B, D), weights (C, B).
+
+    Components with weight 0 (absent modalities) are never sampled and add nothing to log q. `rsample`
+    draws a component per sample from the weights (not differentiable in the weights), then a
+    reparameterised point of it; `rsample_each` draws from every component (stratified, as MMVAE's
+    objective does). There is no closed-form KL: `kl_to_prior` is None.
+    """
+
+    mu: Tensor
+    logvar: Tensor
+    weights: Tensor
+
+    @property
+    def components(self) -> DiagonalGaussian:
+        return DiagonalGaussian(self.mu, self.logvar)
+
+    @property
+    def mean(self) -> Tensor:
+        """The mixture mean sum_c w_c mu_c: (B, D)."""
+        return (self.weights.unsqueeze(-1) * self.mu).sum(0)
+
+    def rsample_each(self, num_samples: int | None = None) -> Tensor:
+        """One reparameterised draw from every component: (C, B, D), or (K, C, B, D)."""
+        return self.components.rsample(num_samples)
+
+    def rsample(self, num_samples: int | None = None) -> Tensor:
+        each = self.rsample_each(num_samples)  # (..., C, B, D)
+        lead = each.shape[:-3]
+        probs = self.weights.T.expand(*lead, *self.weights.T.shape)  # (..., B, C)
+        chosen = torch.distributions.Categorical(probs=probs).sample()  # (..., B)
+        index = chosen[..., None, :, None].expand(*lead, 1, *each.shape[-2:])  # (..., 1, B, D)
+        return each.gather(-3, index).squeeze(-3)
+
+    def log_prob(self, z: Tensor) -> Tensor:
+        """log sum_c w_c N(z; mu_c, var_c): z (..., B, D) -> (..., B)."""
+        per = self.components.log_prob(z.unsqueeze(-3))  # (..., C, B)
+        log_w = torch.where(self.weights > 0, self.weights.clamp_min(1e-30).log(), float("-inf"))
+        return torch.logsumexp(per + log_w, dim=-2)
+
+    def kl_to_prior(self) -> None:
+        return None
 
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:

@@ -1,26 +1,41 @@
-"""The composite loss: one small function per term; the total is the weighted sum of named terms.
+"""The composite loss: named terms from pluggable term groups; the total is the weighted sum of the terms.
 
-Terms (all averaged over the batch, absent samples contributing zero):
-  recon/<m>            -log p(x_m | Z_y, Z_m)
-  label                cross-entropy of the label head on F_y (samples with y >= 0)
-  kl/joint, kl/private/<m>     closed-form KL to N(0, I)          (prior_match = kl)
-  mmd/joint, mmd/private/<m>   MMD to N(0, I) samples               (prior_match = mmd)
+Term groups (`LOSS_TERMS`; a family names its defaults, `loss.terms` may replace them):
+  reconstruction   recon/<m>                    -log p(x_m | Z_y, Z_m), over real elements
+  heads            each head's terms            e.g. label: cross-entropy of the label head on F_y (y >= 0)
+  prior            kl/joint, kl/private/<m>     KL to N(0, I): closed form, or Monte Carlo where the joint
+                                                posterior has none (mixtures)           (prior_match = kl)
+                   mmd/joint, mmd/private/<m>   MMD to N(0, I) samples                   (prior_match = mmd)
+All terms are averaged over the batch, absent samples contributing zero.
+
+Weights come from `loss.weights`, matched by term name or glob pattern (the most specific wins), each
+a constant or a linear warm-up; a family's `term_scales` (size-corrected reconstruction) multiply in.
+Adding a term group is one class here (or in its own file) plus one line in `LOSS_TERMS`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from mmvae.config import LossConfig
-from mmvae.latent import mmd_to_standard_normal
-from mmvae.model import FactorizedMultimodalVAE, ForwardOutput
+from mmvae.batch import element_mask
+from mmvae.config import ConfigError, LossConfig, did_you_mean
+from mmvae.families.base import ForwardOutput, MultimodalModel
+from mmvae.heads import label_term, masked_batch_mean  # noqa: F401  (label_term: re-exported for callers)
+from mmvae.latent import mmd_to_standard_normal, standard_normal_log_prob
 
 GatherFn = Callable[[Tensor], Tensor]
+
+
+@dataclass
+class LossContext:
+    config: LossConfig
+    step: int
+    gather: GatherFn | None = None  # all-gather with gradient under DDP (batch statistics such as MMD)
 
 
 @dataclass
@@ -34,49 +49,116 @@ class LossResult:
         return {**{prefix + k: v.detach() for k, v in self.terms.items()}, prefix + "total": self.total.detach()}
 
 
-def masked_batch_mean(per_sample: Tensor, mask: Tensor) -> Tensor:
-    """Sum over present samples divided by the batch size: (B,) -> ()."""
-    return torch.where(mask, per_sample, torch.zeros_like(per_sample)).sum() / per_sample.shape[0]
+class LossTerms:
+    """A group of named terms: `names` says which terms it makes (for config checks), `__call__` makes them."""
+
+    def names(self, model: MultimodalModel, cfg: LossConfig) -> list[str]:
+        raise NotImplementedError
+
+    def __call__(self, model: MultimodalModel, out: ForwardOutput, batch: dict, ctx: LossContext) -> dict[str, Tensor]:
+        raise NotImplementedError
 
 
-def reconstruction_term(model: FactorizedMultimodalVAE, out: ForwardOutput, name: str, present: Tensor) -> Tensor:
-    """-E_q log p(x_m | z), absent samples excluded."""
-    nll = -model.modalities[name].log_prob(out.params[name], out.inputs[name])
+def reconstruction_term(model: MultimodalModel, out: ForwardOutput, name: str, present: Tensor,
+                        mask: Tensor | None = None) -> Tensor:
+    """-E_q log p(x_m | z) over real elements, absent samples excluded."""
+    nll = -model.modalities[name].log_prob(out.params[name], out.inputs[name], mask)
     return masked_batch_mean(nll, present)
 
 
-def label_term(logits: Tensor, y: Tensor) -> Tensor:
-    """Cross-entropy on samples whose label is known (y >= 0)."""
-    known = y >= 0
-    ce = F.cross_entropy(logits.float(), y.clamp(min=0), reduction="none")
-    return masked_batch_mean(ce, known)
+class ReconstructionTerms(LossTerms):
+    def names(self, model, cfg):
+        return [f"recon/{m}" for m in model.names]
+
+    def __call__(self, model, out, batch, ctx):
+        return {f"recon/{m}": reconstruction_term(model, out, m, batch["present"][m], element_mask(batch, m))
+                for m in model.names}
 
 
-def prior_terms(out: ForwardOutput, present: dict[str, Tensor], cfg: LossConfig, gather: GatherFn | None) -> dict[str, Tensor]:
-    """KL or MMD between every factor's posterior and N(0, I)."""
-    post = out.posteriors
-    terms: dict[str, Tensor] = {}
-    if cfg.prior_match == "kl":
-        terms["kl/joint"] = post.joint.kl_to_standard_normal().mean()
-        for m, q in post.private.items():
-            terms[f"kl/private/{m}"] = masked_batch_mean(q.kl_to_standard_normal(), present[m])
+class HeadTerms(LossTerms):
+    def names(self, model, cfg):
+        return [t for head in getattr(model, "heads", {}).values() for t in head.term_names()]
+
+    def __call__(self, model, out, batch, ctx):
+        terms: dict[str, Tensor] = {}
+        for name, head in getattr(model, "heads", {}).items():
+            terms.update(head.terms(out.heads[name], batch))
         return terms
-    gather = gather or (lambda t: t)
-    terms["mmd/joint"] = mmd_to_standard_normal(gather(out.z_joint), cfg.mmd_kernel)
-    for m, z in out.z_private.items():
-        # Absent samples get weight 0: fixed shapes, no boolean indexing, no host synchronisation.
-        weights = gather(present[m].to(z.dtype))
-        terms[f"mmd/private/{m}"] = mmd_to_standard_normal(gather(z), cfg.mmd_kernel, weights=weights)
-    return terms
 
 
-def beta_warmup(step: int, warmup_steps: int) -> float:
-    """Linear ramp 0 -> 1 over warmup_steps (1 when there is no warm-up)."""
-    return 1.0 if warmup_steps == 0 else min(1.0, step / warmup_steps)
+class PriorTerms(LossTerms):
+    """KL or MMD between every factor's posterior and N(0, I)."""
+
+    def names(self, model, cfg):
+        return [f"{cfg.prior_match}/joint", *(f"{cfg.prior_match}/private/{m}" for m in out_private_names(model))]
+
+    def __call__(self, model, out, batch, ctx):
+        post, present, cfg = out.posteriors, batch["present"], ctx.config
+        terms: dict[str, Tensor] = {}
+        if cfg.prior_match == "kl":
+            kl = post.joint.kl_to_prior()
+            if kl is None:  # no closed form (mixtures): a one-sample Monte-Carlo estimate at the decoded z
+                kl = post.joint.log_prob(out.z_joint) - standard_normal_log_prob(out.z_joint)
+            terms["kl/joint"] = kl.mean()
+            for m, q in post.private.items():
+                terms[f"kl/private/{m}"] = masked_batch_mean(q.kl_to_standard_normal(), present[m])
+            return terms
+        gather = ctx.gather or (lambda t: t)
+        terms["mmd/joint"] = mmd_to_standard_normal(gather(out.z_joint), cfg.mmd_kernel)
+        for m, z in out.z_private.items():
+            # Absent samples get weight 0: fixed shapes, no boolean indexing, no host synchronisation.
+            weights = gather(present[m].to(z.dtype))
+            terms[f"mmd/private/{m}"] = mmd_to_standard_normal(gather(z), cfg.mmd_kernel, weights=weights)
+        return terms
+
+
+def out_private_names(model: MultimodalModel) -> list[str]:
+    """Modalities with a private factor."""
+    return list(getattr(model, "private_names", model.names))
+
+
+LOSS_TERMS: dict[str, LossTerms] = {
+    "reconstruction": ReconstructionTerms(),
+    "heads": HeadTerms(),
+    "prior": PriorTerms(),
+}
+
+
+def term_groups(model: MultimodalModel, cfg: LossConfig) -> list[LossTerms]:
+    """The term groups of this loss: `loss.terms`, or the family's default."""
+    return [LOSS_TERMS[name] for name in (cfg.terms or model.default_loss_terms)]
+
+
+def all_term_names(model: MultimodalModel, cfg: LossConfig) -> list[str]:
+    """Every term the loss of `model` under `cfg` produces."""
+    return [n for group in term_groups(model, cfg) for n in group.names(model, cfg)]
+
+
+def weight_key(cfg: LossConfig, term: str) -> str | None:
+    """The `loss.weights` key that sets `term`: the exact name, else the longest matching pattern."""
+    if term in cfg.weights:
+        return term
+    matches = [k for k in cfg.weights if fnmatchcase(term, k)]
+    return max(matches, key=lambda k: (len(k.replace("*", "")), len(k))) if matches else None
+
+
+def configured_weight(cfg: LossConfig, term: str, step: int) -> float:
+    """The weight `loss.weights` gives `term` at `step` (1 where nothing matches)."""
+    key = weight_key(cfg, term)
+    return 1.0 if key is None else cfg.schedule(key).at(step)
+
+
+def check_loss_config(model: MultimodalModel, cfg: LossConfig) -> None:
+    """Every `loss.weights` key must match a term this model's loss produces (a typo would do nothing)."""
+    names = all_term_names(model, cfg)
+    for key in cfg.weights:
+        if not any(fnmatchcase(n, key) for n in names):
+            raise ConfigError(f"key 'loss.weights.{key}' matches no loss term of this model{did_you_mean(key, names)}; "
+                              f"its terms: {names}")
 
 
 def compute_loss(
-    model: FactorizedMultimodalVAE,
+    model: MultimodalModel,
     out: ForwardOutput,
     batch: dict,
     cfg: LossConfig,
@@ -84,22 +166,13 @@ def compute_loss(
     gather: GatherFn | None = None,
 ) -> LossResult:
     """All named terms, their weights, and the weighted total."""
-    present = batch["present"]
+    ctx = LossContext(cfg, step, gather)
+    scales = model.term_scales()
     terms: dict[str, Tensor] = {}
     weights: dict[str, float] = {}
-    for m, w in model.reconstruction_weights().items():
-        terms[f"recon/{m}"] = reconstruction_term(model, out, m, present[m])
-        weights[f"recon/{m}"] = cfg.recon_weight * w
-    if out.logits is not None:
-        terms["label"] = label_term(out.logits, batch["y"])
-        weights["label"] = cfg.label_weight
-    for key, value in prior_terms(out, present, cfg, gather).items():
-        terms[key] = value
-        if key.endswith("/joint"):
-            beta = cfg.beta_joint * beta_warmup(step, cfg.beta_joint_warmup_steps)
-        else:
-            own = model.config.modalities[key.rsplit("/", 1)[1]].private_beta
-            beta = (cfg.beta_private if own is None else own) * beta_warmup(step, cfg.beta_private_warmup_steps)
-        weights[key] = cfg.prior_weight * beta
+    for group in term_groups(model, cfg):
+        for key, value in group(model, out, batch, ctx).items():
+            terms[key] = value
+            weights[key] = configured_weight(cfg, key, step) * scales.get(key, 1.0)
     total = sum(weights[k] * terms[k] for k in terms)
     return LossResult(terms, weights, total)

@@ -12,9 +12,10 @@ from torch import Tensor, nn
 
 from mmvae.classifiers import predict
 from mmvae.data.loader import limited_batches
-from mmvae.data.source import BatchSource, batch_to
-from mmvae.model import FactorizedMultimodalVAE
-from mmvae.swap import encode_means
+from mmvae.batch import batch_to, labels
+from mmvae.data.source import BatchSource
+from mmvae.families.base import MultimodalModel
+from mmvae.swap import encode_latents, encode_means
 
 
 # --- on arrays ------------------------------------------------------------------------------------
@@ -56,7 +57,7 @@ def probe_accuracy(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray,
 
 # --- on a model -----------------------------------------------------------------------------------
 @torch.no_grad()
-def generative_metrics(model: FactorizedMultimodalVAE, source: BatchSource, classifiers: dict[str, nn.Module],
+def generative_metrics(model: MultimodalModel, source: BatchSource, classifiers: dict[str, nn.Module],
                        limit: int = 10_000, prior_samples: int = 10_000, seed: int = 0) -> dict[str, float]:
     """Cross and joint coherence, swap accuracy, style preservation and reconstruction error on `limit` test pairs."""
     device = next(model.parameters()).device
@@ -70,9 +71,10 @@ def generative_metrics(model: FactorizedMultimodalVAE, source: BatchSource, clas
 
     for batch in limited_batches(source, 500, limit, shuffle=True):
         batch = batch_to(batch, device)
-        y, n = batch["y"], batch["y"].shape[0]
-        inputs = model.preprocess(batch["x"])
-        z_all, z_priv = encode_means(model, batch)
+        y = labels(batch)
+        n = y.shape[0]
+        inputs = model.preprocess(batch["x"], batch.get("mask"))
+        z_all, z_priv, cond = encode_latents(model, batch)
         donor = torch.roll(torch.arange(n, device=device), 1)  # sample i takes from sample i-1
         for a in names:
             z_a, _ = encode_means(model, batch, joint_from=[a])
@@ -80,17 +82,18 @@ def generative_metrics(model: FactorizedMultimodalVAE, source: BatchSource, clas
                 if a == b:
                     continue
                 prior_private = {m: torch.randn_like(z) for m, z in z_priv.items()}
-                gen = model.modalities[b].mean(model.decode(z_a, prior_private, [b])[b])
+                gen = model.mean(b, model.decode(z_a, prior_private, [b], cond)[b])
                 add(f"coherence/{a}->{b}", coherence(predict(classifiers[b], gen), y), n)
         for m in names:
-            mod, clf = model.modalities[m], classifiers[m]
-            recon = mod.mean(model.decode(z_all, z_priv, [m])[m])
+            clf = classifiers[m]
+            donor_cond = {c: f[donor] for c, f in cond.items()}
+            recon = model.mean(m, model.decode(z_all, z_priv, [m], cond)[m])
             add(f"recon_mae/{m}", float((recon - inputs[m]).abs().mean()), n)
             add(f"recon_accuracy/{m}", coherence(predict(clf, recon), y), n)
-            joint_swapped = mod.mean(model.decode(z_all[donor], z_priv, [m])[m])  # digit from the donor
+            joint_swapped = model.mean(m, model.decode(z_all[donor], z_priv, [m], donor_cond)[m])  # digit from the donor
             add(f"swap/joint/{m}", coherence(predict(clf, joint_swapped), y[donor]), n)
             private_swapped = {k: (z[donor] if k == m else z) for k, z in z_priv.items()}
-            style_swapped = mod.mean(model.decode(z_all, private_swapped, [m])[m])  # digit kept, donor's style
+            style_swapped = model.mean(m, model.decode(z_all, private_swapped, [m], cond)[m])  # digit kept, donor's style
             add(f"swap/private/{m}", coherence(predict(clf, style_swapped), y), n)
             add(f"style_preservation/{m}", style_preservation(style_swapped, inputs[m][donor], inputs[m]), n)
         count += n
@@ -105,7 +108,7 @@ def generative_metrics(model: FactorizedMultimodalVAE, source: BatchSource, clas
 
 
 @torch.no_grad()
-def joint_coherence(model: FactorizedMultimodalVAE, classifiers: dict[str, nn.Module], names: list[str], n: int) -> float:
+def joint_coherence(model: MultimodalModel, classifiers: dict[str, nn.Module], names: list[str], n: int) -> float:
     """Decode N(0, I) draws of every factor to every modality; fraction where all classifiers agree."""
     device = next(model.parameters()).device
     preds = {m: [] for m in names}
@@ -113,29 +116,31 @@ def joint_coherence(model: FactorizedMultimodalVAE, classifiers: dict[str, nn.Mo
         z_joint, z_private = model.sample_prior(min(1000, n - start), device)
         params = model.decode(z_joint, z_private, names)
         for m in names:
-            preds[m].append(predict(classifiers[m], model.modalities[m].mean(params[m])))
+            preds[m].append(predict(classifiers[m], model.mean(m, params[m])))
     return agreement([torch.cat(preds[m]) for m in names])
 
 
 @torch.no_grad()
-def latent_means(model: FactorizedMultimodalVAE, source: BatchSource, limit: int) -> dict[str, np.ndarray]:
+def latent_means(model: MultimodalModel, source: BatchSource, limit: int) -> dict[str, np.ndarray]:
     """Posterior means for `limit` samples, plus their labels: (N, d) arrays keyed
     "joint" (Z_y from all modalities), "joint/<m>" (Z_y from modality m alone) and "<m>" (private Z_m)."""
     device = next(model.parameters()).device
-    keys = ["joint", *(f"joint/{m}" for m in model.names), *model.names, "y"]
+    private = [m for m in model.names if m in getattr(model, "private_names", model.names)]
+    keys = ["joint", *(f"joint/{m}" for m in model.names), *private, "y"]
     parts: dict[str, list] = {k: [] for k in keys}
     for batch in limited_batches(source, 500, limit, shuffle=True):
         batch = batch_to(batch, device)
         z_joint, z_priv = encode_means(model, batch)
         parts["joint"].append(z_joint.cpu())
-        parts["y"].append(batch["y"].cpu())
-        for m in model.names:
+        parts["y"].append(labels(batch).cpu())
+        for m in private:
             parts[m].append(z_priv[m].cpu())
+        for m in model.names:
             parts[f"joint/{m}"].append(encode_means(model, batch, joint_from=[m])[0].cpu())
     return {k: torch.cat(v)[:limit].numpy() for k, v in parts.items()}
 
 
-def linear_probes(model: FactorizedMultimodalVAE, train: BatchSource, test: BatchSource,
+def linear_probes(model: MultimodalModel, train: BatchSource, test: BatchSource,
                   train_limit: int = 10_000, test_limit: int = 5_000) -> dict[str, float]:
     """Logistic-regression probes of the label (fitted on train, scored on test):
     probe/joint from Z_y of all modalities, probe/joint/<m> from Z_y inferred from m alone (high is good),
@@ -144,6 +149,6 @@ def linear_probes(model: FactorizedMultimodalVAE, train: BatchSource, test: Batc
     out = {}
     for key in ["joint", *(f"joint/{m}" for m in model.names)]:
         out[f"probe/{key}"] = probe_accuracy(tr[key], tr["y"], te[key], te["y"])
-    for m in model.names:
+    for m in [k for k in model.names if k in tr]:
         out[f"probe/private/{m}"] = probe_accuracy(tr[m], tr["y"], te[m], te["y"])
     return out

@@ -15,7 +15,7 @@ def save_grid(modality: Modality, x: Tensor, path: Path, nrow: int, title: str |
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     x = x.detach().float().cpu()
-    if modality.is_image():
+    if modality.display == "image":
         from torchvision.utils import save_image
 
         scale = max(1, 48 // x.shape[-1])  # small images are enlarged (nearest) so a grid is readable

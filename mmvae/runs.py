@@ -9,14 +9,15 @@ import torch
 
 from mmvae.checkpoint import CheckpointError, check_state_dict_compatible, load_latest
 from mmvae.config import ExperimentConfig, load_config
-from mmvae.model import FactorizedMultimodalVAE
+from mmvae.families import build_model, model_class
+from mmvae.families.base import MultimodalModel
 
 
 @dataclass
 class LoadedRun:
     run_dir: Path
     config: ExperimentConfig
-    model: FactorizedMultimodalVAE
+    model: MultimodalModel
     step: int
 
 
@@ -30,8 +31,9 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     ckpt = load_latest(run_dir)
     if ckpt is None:
         raise CheckpointError(f"{run_dir / 'checkpoints'}: no checkpoint to load")
-    model = FactorizedMultimodalVAE(config.model)
-    check_state_dict_compatible(model.state_dict(), ckpt.tensors["model"], ckpt.path)
-    model.load_state_dict(ckpt.tensors["model"])
+    model = build_model(config.model)
+    weights = model_class(config.model).upgrade_state_dict(ckpt.tensors["model"])  # older runs' names
+    check_state_dict_compatible(model.state_dict(), weights, ckpt.path)
+    model.load_state_dict(weights)
     model.to(device).eval()
     return LoadedRun(run_dir, config, model, int(ckpt.state["position"]["step"]))

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from mmvae.batch import batch_to
 from mmvae.data.registry import build_sources
 from mmvae.render import interleave_rows, save_grid
 from mmvae.runs import LoadedRun
@@ -13,23 +14,25 @@ from mmvae.runs import LoadedRun
 
 @torch.no_grad()
 def write_samples(run: LoadedRun, out_dir: Path, num: int = 64, nrow: int = 8, seed: int = 0) -> list[Path]:
-    """Decode `num` prior draws and reconstruct `num` test samples; one PNG per modality and kind."""
+    """Decode `num` prior draws and reconstruct `num` test samples; one PNG per modality and kind.
+
+    Models with condition modalities decode prior draws under the conditions of the test samples."""
     model = run.model
     device = next(model.parameters()).device
+    _, test = build_sources(run.config)
+    batch = batch_to(test.gather(torch.arange(min(num, len(test)))), device)
+    out = model(batch, sample=False)
     torch.manual_seed(seed)
     written = []
     z_joint, z_private = model.sample_prior(num, device)
-    params = model.decode(z_joint, z_private)
+    n = z_joint.shape[0]
+    cond = {c: f.repeat(-(-n // f.shape[0]), 1)[:n] for c, f in out.cond.items()}
+    params = model.decode(z_joint, z_private, cond=cond)
     for m in model.names:
-        mean = model.modalities[m].mean(params[m])
+        mean = model.mean(m, params[m])
         written.append(save_grid(model.modalities[m], mean, out_dir / f"prior_{m}.png", nrow, f"{m}: prior samples"))
-
-    _, test = build_sources(run.config)
-    batch = test.gather(torch.arange(min(num, len(test))))
-    batch = {k: ({m: t.to(device) for m, t in v.items()} if isinstance(v, dict) else v.to(device)) for k, v in batch.items()}
-    out = model(batch, sample=False)
     for m in model.names:
-        recon = model.modalities[m].mean(out.params[m])
+        recon = model.mean(m, out.params[m])
         both = interleave_rows(out.inputs[m], recon, nrow)
         written.append(save_grid(model.modalities[m], both, out_dir / f"recon_{m}.png", nrow, f"{m}: data (odd rows) / reconstruction (even rows)"))
     return written

@@ -15,29 +15,34 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mmvae.batch import batch_to, slice_rows
 from mmvae.data.registry import build_sources
-from mmvae.data.source import batch_to
-from mmvae.model import FactorizedMultimodalVAE
+from mmvae.families.base import MultimodalModel
 from mmvae.runs import LoadedRun
 
 
-def encode_means(model: FactorizedMultimodalVAE, batch: dict, joint_from: list[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def encode_latents(model: MultimodalModel, batch: dict, joint_from: list[str] | None = None
+                   ) -> tuple[Tensor, dict[str, Tensor], dict[str, Tensor]]:
+    """Posterior means and condition features: (Z_y from the modalities in `joint_from` (default: all present),
+    {m: Z_m}, {condition: (B, F_c)})."""
+    post = model.posteriors(batch, joint_from)
+    cond = {c: post.encodings[c].h for c in model.conditions}
+    return post.joint.mean, {m: q.mu for m, q in post.private.items()}, cond
+
+
+def encode_means(model: MultimodalModel, batch: dict, joint_from: list[str] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
     """Posterior means: Z_y from the modalities in `joint_from` (default: all present), Z_m from x_m."""
-    inputs = model.preprocess(batch["x"])
-    present = batch["present"]
-    if joint_from is not None:
-        present = {m: present[m] & (m in joint_from) for m in model.names}
-    post = model.encode(inputs, present)
-    return post.joint.mu, {m: q.mu for m, q in post.private.items()}
+    z_joint, z_private, _ = encode_latents(model, batch, joint_from)
+    return z_joint, z_private
 
 
-def swap_decode(model: FactorizedMultimodalVAE, content: dict, style: dict, modality: str,
+def swap_decode(model: MultimodalModel, content: dict, style: dict, modality: str,
                 joint_from: list[str] | None = None) -> Tensor:
-    """Mean of x_m decoded from Z_y of `content` samples and Z_m of `style` samples (same batch size)."""
-    z_joint, _ = encode_means(model, content, joint_from)
+    """Mean of x_m decoded from Z_y (and conditions) of `content` samples and Z_m of `style` samples (same batch size)."""
+    z_joint, _, cond = encode_latents(model, content, joint_from)
     _, z_private = encode_means(model, style)
-    params = model.decode(z_joint, z_private, [modality])[modality]
-    return model.modalities[modality].mean(params)
+    params = model.decode(z_joint, z_private, [modality], cond)[modality]
+    return model.mean(modality, params)
 
 
 def _to_display(x: Tensor, size: int) -> Tensor:
@@ -68,12 +73,13 @@ def _bordered_grid(cells: Tensor, row_heads: Tensor | None, col_heads: Tensor | 
 
 def _pair_grid(model, content: dict, style: dict, modality: str, joint_from: list[str] | None) -> Tensor:
     """(R, C, ...) decoded means: row r content of sample r, column c style of sample c."""
-    rows, cols = content["y"].shape[0], style["y"].shape[0]
-    z_joint, _ = encode_means(model, content, joint_from)
+    z_joint, _, cond = encode_latents(model, content, joint_from)
     _, z_private = encode_means(model, style)
+    rows, cols = z_joint.shape[0], next(iter(style["present"].values())).shape[0]
     zj = z_joint.repeat_interleave(cols, 0)  # (R*C, Dy)
     zp = {m: z.repeat(rows, 1) for m, z in z_private.items()}
-    out = model.modalities[modality].mean(model.decode(zj, zp, [modality])[modality])
+    cond = {c: f.repeat_interleave(cols, 0) for c, f in cond.items()}
+    out = model.mean(modality, model.decode(zj, zp, [modality], cond)[modality])
     return out.reshape(rows, cols, *out.shape[1:])
 
 
@@ -81,51 +87,55 @@ def _pair_grid(model, content: dict, style: dict, modality: str, joint_from: lis
 def write_swap_grids(run: LoadedRun, out_dir: Path, n: int = 8, seed: int = 0) -> list[Path]:
     """All swap grids of a run's test split; returns the PNG paths."""
     model = run.model
-    image_names = [m for m in model.names if model.modalities[m].is_image()]
+    image_names = [m for m in model.names if model.modalities[m].display == "image"]
     size = max(model.modalities[m].shape[-1] for m in image_names) if image_names else 32
     _, test = build_sources(run.config)
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     rows = batch_to(test.gather(torch.randperm(len(test), generator=gen)[:n]), device)
     cols = batch_to(test.gather(torch.randperm(len(test), generator=gen)[:n]), device)
+    shown_rows = model.preprocess(rows["x"], rows.get("mask"))
+    shown_cols = model.preprocess(cols["x"], cols.get("mask"))
     written = []
     for m in image_names:
         cells = _pair_grid(model, rows, cols, m, None)
-        written.append(_bordered_grid(cells, model.preprocess(rows["x"])[m], model.preprocess(cols["x"])[m],
+        written.append(_bordered_grid(cells, shown_rows[m], shown_cols[m],
                                       out_dir / f"within_{m}.png", size))
     for a in image_names:
         for b in image_names:
             if a != b:  # digit read from `a` alone, style (private factor) from b's column donors, drawn as b
                 cells = _pair_grid(model, rows, cols, b, joint_from=[a])
-                written.append(_bordered_grid(cells, model.preprocess(rows["x"])[a], model.preprocess(cols["x"])[b],
+                written.append(_bordered_grid(cells, shown_rows[a], shown_cols[b],
                                               out_dir / f"cross_{a}_to_{b}.png", size))
     torch.manual_seed(seed)
     z_joint, z_private = model.sample_prior(n)
+    _, _, row_cond = encode_latents(model, rows)  # conditions (if any) of the row samples
     for m in image_names:
         zj = z_joint.repeat_interleave(n, 0)
         zp = {k: z.repeat(n, 1) for k, z in z_private.items()}
-        cells = model.modalities[m].mean(model.decode(zj, zp, [m])[m]).reshape(n, n, *model.modalities[m].shape)
+        cond = {c: f.repeat_interleave(n, 0) for c, f in row_cond.items()}
+        cells = model.mean(m, model.decode(zj, zp, [m], cond)[m]).reshape(n, n, *model.modalities[m].model_shape)
         written.append(_bordered_grid(cells, None, None, out_dir / f"prior_{m}.png", size))
     for m in image_names:
         written.append(_traversal(model, rows, m, out_dir / f"traverse_{m}.png", size))
     return written
 
 
-def _traversal(model: FactorizedMultimodalVAE, batch: dict, modality: str, path: Path, size: int, steps: int = 9) -> Path:
+def _traversal(model: MultimodalModel, batch: dict, modality: str, path: Path, size: int, steps: int = 9) -> Path:
     """Rows: each joint dimension, then each private dimension of `modality`, swept over [-3, 3] from sample 0."""
-    z_joint, z_private = encode_means(model, {k: ({m: t[:1] for m, t in v.items()} if isinstance(v, dict) else v[:1])
-                                              for k, v in batch.items()})
+    z_joint, z_private, cond = encode_latents(model, slice_rows(batch, 0, 1))
+    cond = {c: f.repeat(steps, 1) for c, f in cond.items()}
     values = torch.linspace(-3, 3, steps)
     rows = []
     for d in range(z_joint.shape[1]):
         zj = z_joint.repeat(steps, 1)
         zj[:, d] = values
-        rows.append(model.decode(zj, {m: z.repeat(steps, 1) for m, z in z_private.items()}, [modality])[modality])
-    for d in range(z_private[modality].shape[1]):
+        rows.append(model.decode(zj, {m: z.repeat(steps, 1) for m, z in z_private.items()}, [modality], cond)[modality])
+    for d in range(z_private[modality].shape[1] if modality in z_private else 0):
         zp = {m: z.repeat(steps, 1) for m, z in z_private.items()}
         zp[modality][:, d] = values
-        rows.append(model.decode(z_joint.repeat(steps, 1), zp, [modality])[modality])
-    cells = torch.stack([model.modalities[modality].mean(r) for r in rows])
+        rows.append(model.decode(z_joint.repeat(steps, 1), zp, [modality], cond)[modality])
+    cells = torch.stack([model.mean(modality, r) for r in rows])
     return _bordered_grid(cells, None, None, path, size)
 
 

@@ -24,7 +24,9 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mmvae.data.source import Batch, BatchSource
+from mmvae.batch import Batch, slice_rows
+from mmvae.batch import batch_size as batch_size_of
+from mmvae.data.source import BatchSource
 
 
 def _batches_per_epoch(n: int, batch_size: int, world_size: int, drop_last: bool) -> int:
@@ -172,9 +174,9 @@ def limited_batches(source: BatchSource, batch_size: int, limit: int | None, shu
     for batch in loader.epoch(0):
         if limit is not None and seen >= limit:
             return
-        if limit is not None and seen + batch["y"].shape[0] > limit:
-            keep = limit - seen
-            batch = {"x": {m: t[:keep] for m, t in batch["x"].items()},
-                     "present": {m: t[:keep] for m, t in batch["present"].items()}, "y": batch["y"][:keep]}
-        seen += batch["y"].shape[0]
+        n = batch_size_of(batch)
+        if limit is not None and seen + n > limit:
+            batch = slice_rows(batch, 0, limit - seen)
+            n = limit - seen
+        seen += n
         yield batch

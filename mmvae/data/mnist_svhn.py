@@ -19,7 +19,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from data_prep.errors import DataError
-from mmvae.data.source import Batch
+from mmvae.batch import Batch, sample_at, stack_samples
 
 FORMAT = "mmvae.mnist_svhn/1"
 MANIFEST = "manifest.json"
@@ -176,12 +176,7 @@ class MnistSvhnDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         """One pair as an unbatched sample dict."""
-        batch = self.pairs.gather(torch.tensor([i]))
-        return {
-            "x": {m: t[0] for m, t in batch["x"].items()},
-            "present": {m: t[0] for m, t in batch["present"].items()},
-            "y": batch["y"][0],
-        }
+        return sample_at(self.pairs.gather(torch.tensor([i])), 0)
 
     def __getitems__(self, indices: list[int]) -> Batch:
         """A whole batch for a list of indices (the DataLoader's fast path)."""
@@ -192,8 +187,4 @@ def collate_pairs(data: Batch | list[dict]) -> Batch:
     """Collate for MnistSvhnDataset: passes a `__getitems__` batch through, stacks a list of samples."""
     if isinstance(data, dict):
         return data
-    return {
-        "x": {m: torch.stack([d["x"][m] for d in data]) for m in MODALITIES},
-        "present": {m: torch.stack([d["present"][m] for d in data]) for m in MODALITIES},
-        "y": torch.stack([d["y"] for d in data]),
-    }
+    return stack_samples(data)

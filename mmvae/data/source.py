@@ -1,18 +1,8 @@
-"""The contract between datasets and the trainer.
+"""The contract between datasets and the trainer: batch sources.
 
-A *batch* is a plain dict (collates and moves to a device without custom code):
-
-    {
-        "x":       {modality: Tensor (B, ...)},   # raw stored dtype (uint8 images, float features, int tokens)
-        "present": {modality: BoolTensor (B,)},   # False where a sample lacks that modality
-        "y":       LongTensor (B,),               # class label; -1 where unknown
-    }
-
-Where a modality is absent its row in "x" still exists (any filler value, usually zeros) so that
-shapes stay static; the model and losses read "present" and ignore those rows.
-
-A *batch source* holds every array once (CPU or GPU) and builds a batch for a vector of sample
-indices by indexing: no per-sample Python, no copies per pair.
+A batch is the dict of `mmvae.batch` (x, present, optional mask, y, targets, meta). A *batch source*
+holds every array once (CPU or GPU) and builds a batch for a vector of sample indices by indexing: no
+per-sample Python, no copies per pair.
 """
 
 from __future__ import annotations
@@ -21,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import torch
 
-Batch = dict
+from mmvae.batch import Batch, batch_to  # noqa: F401  (re-exported: the old home of both)
 
 
 @runtime_checkable
@@ -44,12 +34,3 @@ class BatchSource(Protocol):
     def device(self) -> torch.device:
         """Where the arrays live."""
         ...
-
-
-def batch_to(batch: Batch, device: torch.device, non_blocking: bool = True) -> Batch:
-    """Move every tensor of a batch to `device` (no-op for tensors already there)."""
-    return {
-        "x": {m: t.to(device, non_blocking=non_blocking) for m, t in batch["x"].items()},
-        "present": {m: t.to(device, non_blocking=non_blocking) for m, t in batch["present"].items()},
-        "y": batch["y"].to(device, non_blocking=non_blocking),
-    }

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from mmvae.config import ModalityConfig
-from mmvae.modalities.base import Modality
+from mmvae.modalities.base import DecoderInput, Encoding, Modality
 from mmvae.modalities.image import ImageConv, ImageMLP
 from mmvae.modalities.vector import Vector
 
@@ -14,8 +14,8 @@ MODALITY_KINDS: dict[str, type[Modality]] = {
 }
 
 
-def build_modality(name: str, config: ModalityConfig, decoder_in: int) -> Modality:
-    """Instantiate the modality class registered for `config.kind`."""
+def build_modality(name: str, config: ModalityConfig, decoder_in: int | None) -> Modality:
+    """Instantiate the modality class registered for `config.kind` (decoder_in None: a condition, no decoder)."""
     if config.kind not in MODALITY_KINDS:
         raise ValueError(
             f"modality '{name}': unknown kind {config.kind!r}; registered kinds: {sorted(MODALITY_KINDS)}"
@@ -23,4 +23,4 @@ def build_modality(name: str, config: ModalityConfig, decoder_in: int) -> Modali
     return MODALITY_KINDS[config.kind](name, config, decoder_in)
 
 
-__all__ = ["MODALITY_KINDS", "Modality", "build_modality"]
+__all__ = ["MODALITY_KINDS", "DecoderInput", "Encoding", "Modality", "build_modality"]

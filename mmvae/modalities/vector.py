@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from mmvae.config import ModalityConfig
-from mmvae.modalities.base import Modality, check_options
+from mmvae.config import ConfigError, ModalityConfig
+from mmvae.modalities.base import Modality
 from mmvae.nets import mlp, mlp_out_dim
 
 
@@ -13,13 +13,13 @@ class Vector(Modality):
     kind = "vector"
     supported_likelihoods = ("gaussian", "laplace")
 
-    def __init__(self, name: str, config: ModalityConfig, decoder_in: int):
+    def __init__(self, name: str, config: ModalityConfig, decoder_in: int | None):
         if len(config.shape) != 1:
-            raise ValueError(f"modality '{name}' (kind vector): shape must be [D], got {config.shape}")
+            raise ConfigError(f"modality '{name}' (kind vector): shape must be [D], got {config.shape}")
         super().__init__(name, config, decoder_in)
-        check_options(name, self.kind, config.options, {})
         (d,) = self.shape
         hidden = list(config.hidden)
         self.encoder = mlp(d, hidden, None)
         self.feature_dim = mlp_out_dim(d, hidden, None)
-        self.decoder = mlp(decoder_in, list(reversed(hidden)), d)
+        if decoder_in is not None:
+            self.decoder = mlp(decoder_in, list(reversed(hidden)), d)
