@@ -42,6 +42,16 @@ def check_registered(what: str, value: str, registry: dict) -> str:
     return value
 
 
+def _check_kinds(entries: dict, role: str, what: str, registry: dict) -> dict:
+    """Every entry's `kind` must be registered; the error names the entry."""
+    for name, entry in entries.items():
+        try:
+            check_registered(what, entry.kind, registry)
+        except ValueError as e:
+            raise ValueError(f"{role} '{name}': {e}") from None
+    return entries
+
+
 class ModalityConfig(Strict):
     """One modality: its kind (a key of mmvae.modalities.MODALITY_KINDS), stored shape and likelihood.
 
@@ -103,24 +113,14 @@ class ModelConfig(Strict):
     def _known_modality_kinds(cls, modalities: dict[str, ModalityConfig]) -> dict[str, ModalityConfig]:
         from mmvae.modalities import MODALITY_KINDS
 
-        for name, mc in modalities.items():
-            try:
-                check_registered("kind", mc.kind, MODALITY_KINDS)
-            except ValueError as e:
-                raise ValueError(f"modality '{name}': {e}") from None
-        return modalities
+        return _check_kinds(modalities, "modality", "kind", MODALITY_KINDS)
 
     @field_validator("heads")
     @classmethod
     def _known_head_kinds(cls, heads: dict[str, HeadConfig]) -> dict[str, HeadConfig]:
         from mmvae.heads import HEADS
 
-        for name, hc in heads.items():
-            try:
-                check_registered("head kind", hc.kind, HEADS)
-            except ValueError as e:
-                raise ValueError(f"head '{name}': {e}") from None
-        return heads
+        return _check_kinds(heads, "head", "head kind", HEADS)
 
     @field_validator("fusion")
     @classmethod
