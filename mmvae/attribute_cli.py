@@ -35,14 +35,17 @@ def add_parser(sub) -> None:
     p.add_argument("--device", default="cpu")
 
 
-def select_indices(size: int, samples: int, seed: int) -> torch.Tensor:
-    """`samples` distinct indices of a source of `size`, drawn with `seed`, sorted."""
+def select_indices(source, samples: int, seed: int) -> torch.Tensor:
+    """`samples` distinct indices of `source`: seeded, class-balanced and in random order (a split may be stored
+    grouped by class, so sorted or leading indices would show one class first)."""
+    from mmvae.data.sampling import balanced_subset, source_labels
+
+    size = len(source)
     if samples < 1:
         raise ValueError(f"--samples must be >= 1, got {samples}")
     if samples > size:
         raise ValueError(f"--samples {samples} is more than the {size} samples in the split")
-    generator = torch.Generator().manual_seed(seed)
-    return torch.randperm(size, generator=generator)[:samples].sort().values
+    return balanced_subset(source_labels(source), samples, seed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     loaded = load_run(args.run, args.device)
     train_source, test_source = build_sources(loaded.config)
     source = test_source if args.split == "test" else train_source
-    indices = select_indices(len(source), args.samples, args.seed)
+    indices = select_indices(source, args.samples, args.seed)
     device = next(loaded.model.parameters()).device
     batch = batch_to(source.gather(indices.to(source.device)), device)
     result = attribute(loaded.model, batch, settings)

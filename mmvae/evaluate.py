@@ -16,13 +16,14 @@ import torch
 
 from mmvae.batch import batch_size as batch_size_of
 from mmvae.batch import batch_to, labels
-from mmvae.data.loader import ShuffledBatches, limited_batches
+from mmvae.data.loader import limited_batches
 from mmvae.data.registry import DATASETS, MNIST_SVHN_TARGETS  # noqa: F401  (MNIST_SVHN_TARGETS: its old home)
 from mmvae.data.source import BatchSource
 from mmvae.families.base import MultimodalModel
 from mmvae.iwae import iwae_log_likelihood
 from mmvae.losses import compute_loss
 from mmvae.runs import LoadedRun
+from mmvae.tracking import write_summary
 
 
 @dataclass(frozen=True)
@@ -88,19 +89,18 @@ def in_training_metrics(model: MultimodalModel, source: BatchSource, loss_cfg, s
     """What the trainer logs every eval_every steps: mean loss terms and label accuracy from Z_y on the first
     `max_batches` test batches.
 
+    The samples are a fixed class-balanced subset of max_batches x batch_size (the same at every evaluation).
     Runs under a forked RNG with a fixed seed, so it neither perturbs training nor varies between runs.
     """
     autocast = autocast or nullcontext()
     model.eval()
     devices = [device] if device.type == "cuda" else []
     totals: dict[str, float] = {}
-    correct = count = 0
-    loader = ShuffledBatches(source, batch_size, seed=0, shuffle=False, drop_last=False)
+    correct = count = n = 0
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)
-        for i, batch in enumerate(loader.epoch(0)):
-            if i >= max_batches:
-                break
+        for batch in limited_batches(source, batch_size, max_batches * batch_size):
+            n += 1
             batch = batch_to(batch, device)
             with autocast:
                 out = model(batch)
@@ -114,7 +114,6 @@ def in_training_metrics(model: MultimodalModel, source: BatchSource, loss_cfg, s
                 known = y >= 0
                 correct += int((pred[known] == y[known]).sum())
                 count += int(known.sum())
-    n = min(max_batches, loader.batches_per_epoch)
     metrics = {k: v / n for k, v in totals.items()}
     if count:
         metrics["eval/label_accuracy"] = correct / count
@@ -145,15 +144,62 @@ def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | 
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
     (out_dir / "metrics.md").write_text(metrics_markdown(metrics, run))
+    write_summary(run.run_dir, run.config, {f"evaluate/{k}": v for k, v in metrics.items()})
     return metrics
 
 
+# One line per metric family: (key prefix, the count key that says how many samples it used, meaning).
+# The first matching prefix wins.
+METRIC_HELP: list[tuple[str, str | None, str]] = [
+    ("step", None, "optimiser steps of the evaluated checkpoint"),
+    ("test/recon/", "test_samples", "-log p(x_m | Z_y, Z_m) per sample at posterior samples (nats; lower is better)"),
+    ("test/kl/", "test_samples", "KL of the posterior to N(0, I) per sample (nats)"),
+    ("test/mmd/", "test_samples", "MMD between the posterior samples and N(0, I)"),
+    ("test/label", "test_samples", "cross-entropy of the label head on F_y (nats)"),
+    ("test/total", "test_samples", "the weighted training loss"),
+    ("test/", "test_samples", "a head's or loss group's term"),
+    ("label_accuracy/all", "test_samples", "label head on the mean of Z_y inferred from every modality"),
+    ("label_accuracy/", "test_samples", "label head on the mean of Z_y inferred from this modality alone"),
+    ("iwae_log_likelihood", "iwae_samples", "importance-weighted log p(x) (nats per sample; higher is better)"),
+    ("classifier_test_accuracy/", None, "accuracy of the frozen classifier that scores generated samples, on its test split"),
+    ("coherence/joint", "joint_coherence_samples", "prior draws decoded to every modality on which all classifiers agree"),
+    ("coherence/cross_mean", "generative_samples", "mean of the cross-coherence figures"),
+    ("coherence/", "generative_samples", "a->b: b generated from Z_y of a alone (private factor from the prior) shows a's class"),
+    ("recon_mae/", "generative_samples", "mean absolute error of the posterior-mean reconstruction"),
+    ("recon_accuracy/", "generative_samples", "the reconstruction is classified as its own label"),
+    ("swap/joint/", "generative_samples", "decoded with another sample's Z_y: classified as that sample's label"),
+    ("swap/private/", "generative_samples", "decoded with another sample's Z_m: the own label is kept"),
+    ("swap/accuracy", "generative_samples", "mean of the swap figures"),
+    ("style_preservation/", "generative_samples", "swap's image statistics nearer the style donor's than the content donor's (chance 0.5)"),
+    ("probe/private/", "probe_test_samples", "logistic-regression probe of the label on Z_m (near chance is good)"),
+    ("probe/", "probe_test_samples", "logistic-regression probe of the label on Z_y (all modalities, or one alone)"),
+    ("test_samples", None, "test samples for the loss terms and label accuracy (a seeded class-balanced subset when limited)"),
+    ("iwae_samples", None, "test samples for the IWAE estimate (seeded, class-balanced)"),
+    ("generative_samples", None, "test samples for coherence, swap and reconstruction figures (seeded, class-balanced)"),
+    ("joint_coherence_samples", None, "prior draws for joint coherence"),
+    ("probe_train_samples", None, "training samples the probes are fitted on (seeded, class-balanced)"),
+    ("probe_test_samples", None, "test samples the probes are scored on (seeded, class-balanced)"),
+]
+
+
+def metric_help(key: str) -> tuple[str | None, str]:
+    """(count key, one-line meaning) of a metric."""
+    for prefix, count_key, text in METRIC_HELP:
+        if key == prefix or key.startswith(prefix):
+            return count_key, text
+    return None, ""
+
+
 def metrics_markdown(metrics: dict, run: LoadedRun) -> str:
-    """A small markdown table of every numeric metric."""
-    lines = [f"# Evaluation of `{run.run_dir}` at step {run.step}", "", "| metric | value |", "|---|---|"]
+    """A markdown table of every numeric metric with the number of samples it used and what it means."""
+    lines = [f"# Evaluation of `{run.run_dir}` at step {run.step}", "",
+             "| metric | value | samples | meaning |", "|---|---|---|---|"]
     for k, v in metrics.items():
         if isinstance(v, (int, float)):
-            lines.append(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |")
+            count_key, text = metric_help(k)
+            count = metrics.get(count_key, "") if count_key else ""
+            value = f"{v:.4f}" if isinstance(v, float) else f"{v}"
+            lines.append(f"| {k} | {value} | {count} | {text} |")
     config = getattr(run, "config", None)
     entry = DATASETS.get(config.data.name) if config is not None else None
     # Without a config (a bare report of figures), every dataset's targets whose metrics are present apply.

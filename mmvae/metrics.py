@@ -104,6 +104,7 @@ def generative_metrics(model: MultimodalModel, source: BatchSource, classifiers:
     metrics["swap/accuracy"] = float(np.mean(swaps)) if swaps else float("nan")
     metrics["coherence/joint"] = joint_coherence(model, classifiers, names, prior_samples)
     metrics["generative_samples"] = count
+    metrics["joint_coherence_samples"] = prior_samples
     return metrics
 
 
@@ -151,4 +152,5 @@ def linear_probes(model: MultimodalModel, train: BatchSource, test: BatchSource,
         out[f"probe/{key}"] = probe_accuracy(tr[key], tr["y"], te[key], te["y"])
     for m in [k for k in model.names if k in tr]:
         out[f"probe/private/{m}"] = probe_accuracy(tr[m], tr["y"], te[m], te["y"])
+    out["probe_train_samples"], out["probe_test_samples"] = len(tr["y"]), len(te["y"])
     return out

@@ -8,6 +8,7 @@ import torch
 
 from mmvae.batch import batch_to
 from mmvae.data.registry import build_sources
+from mmvae.data.sampling import subset_indices
 from mmvae.render import interleave_rows, save_grid
 from mmvae.runs import LoadedRun
 
@@ -20,7 +21,8 @@ def write_samples(run: LoadedRun, out_dir: Path, num: int = 64, nrow: int = 8, s
     model = run.model
     device = next(model.parameters()).device
     _, test = build_sources(run.config)
-    batch = batch_to(test.gather(torch.arange(min(num, len(test)))), device)
+    index = subset_indices(test, num, seed)  # seeded and class-balanced: never the first `num` test samples
+    batch = batch_to(test.gather(index.to(test.device)), device)
     out = model(batch, sample=False)
     torch.manual_seed(seed)
     written = []

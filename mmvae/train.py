@@ -32,6 +32,7 @@ from mmvae.data.source import BatchSource
 from mmvae.evaluate import in_training_metrics
 from mmvae.families import build_model
 from mmvae.losses import check_loss_config
+from mmvae.progress import Progress
 from mmvae.tracking import Tracker
 from mmvae.train_state import (  # noqa: F401  (re-exported: their old home)
     RESUMABLE_CHANGES,
@@ -64,11 +65,14 @@ def lr_at(step: int, total_steps: int, cfg) -> float:
 class Trainer:
     """Holds the pieces of one run; `fit()` trains until the configured number of steps."""
 
-    def __init__(self, config: ExperimentConfig, run_dir: Path, resume: bool = False, compile_mode: str | None = None,
-                 sources: tuple[BatchSource, BatchSource] | None = None):
-        """`compile_mode` goes to torch.compile when train.compile is set (None: its default mode);
+    def __init__(self, config: ExperimentConfig, run_dir: Path | None, resume: bool = False,
+                 compile_mode: str | None = None, sources: tuple[BatchSource, BatchSource] | None = None):
+        """`run_dir` None trains in memory: nothing is written (no checkpoints, logs or config).
+        `compile_mode` goes to torch.compile when train.compile is set (None: its default mode);
         `sources` = (train, test) replaces the sources named by config.data (benchmarks, tests)."""
-        self.config, self.run_dir = config, Path(run_dir)
+        if run_dir is None and resume:
+            raise ValueError("resume needs a run folder")
+        self.config, self.run_dir = config, (Path(run_dir) if run_dir is not None else None)
         tc = config.train
         compile_mode = compile_mode or tc.compile_mode
         self.env = distributed.setup(tc.device, tc.dist_timeout_s)
@@ -99,19 +103,22 @@ class Trainer:
             raise ValueError(
                 f"train.grad_accum_steps={tc.grad_accum_steps} exceeds the {self.loader.batches_per_epoch} batches per epoch"
             )
-        self.total_steps = min(tc.max_steps or 10**18, tc.epochs * self.steps_per_epoch)
+        # One rule: train.max_steps, when set, is the run's length (the loader runs as many epochs as it takes);
+        # train.epochs sets the length only when max_steps is null.
+        self.total_steps = tc.max_steps if tc.max_steps is not None else tc.epochs * self.steps_per_epoch
         self.position = Position()
         self.step = TrainStep(self.model, self.optimizer, self.lr_scales, config, self.env, compile_mode)
-        if self.env.is_main:
+        writes = self.run_dir is not None
+        if self.env.is_main and writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
             self._resume()
-        else:
+        elif writes:
             distributed.decide_on_main(self._refuse_existing_run)  # same decision on every rank
         if not resume:
             torch.manual_seed(config.seed + 7919 * (self.env.rank + 1))  # distinct sampling noise per rank
-        self.tracker = Tracker(self.run_dir, config, enabled=self.env.is_main)
-        if self.env.is_main:
+        self.tracker = Tracker(self.run_dir, config, enabled=self.env.is_main and writes)
+        if self.env.is_main and writes:
             (self.run_dir / "config.yaml").write_text(config_to_yaml(config))
             provenance = getattr(self.train_source, "provenance", {})
             (self.run_dir / "provenance.json").write_text(json.dumps(provenance, indent=2, default=str))
@@ -189,11 +196,11 @@ class Trainer:
         accum = tc.grad_accum_steps
         pos = self.position
         started, start_step = time.time(), pos.step
-        progress = None
-        if self.env.is_main and self.config.logging.progress_bar:
-            from tqdm import tqdm
-
-            progress = tqdm(total=self.total_steps, initial=pos.step, desc=self.config.name, disable=None)
+        progress = Progress(self.total_steps, self.config.name, "step", initial=pos.step,
+                            enabled=self.env.is_main and self.config.logging.progress_bar)
+        if pos.step >= self.total_steps:
+            progress.event(f"the run is already at step {pos.step:,} of {self.total_steps:,}: nothing to train "
+                           "(raise train.max_steps or train.epochs to continue it)")
         eval_metrics: dict[str, float] = {}
         running: Tensor | None = None  # sum of logged vectors since the last log
         steps_in_window = 0
@@ -216,8 +223,12 @@ class Trainer:
                 if pos.step % tc.eval_every == 0 or last:
                     eval_metrics = self.evaluate() if self.env.is_main else {}
                     self.tracker.log(pos.step, eval_metrics)
-                if pos.step % tc.checkpoint_every == 0 or last:
+                    progress.event(f"eval at step {pos.step:,}: " + ", ".join(
+                        f"{k.removeprefix('eval/')} {v:.4g}" for k, v in eval_metrics.items()
+                        if k in ("eval/total", "eval/label_accuracy")))
+                if (pos.step % tc.checkpoint_every == 0 or last) and self.run_dir is not None:
                     self.save()
+                    progress.event(f"checkpoint at step {pos.step:,}")
                 if pos.step == stop_at_step:
                     stopped_early = True
                     break
@@ -225,17 +236,17 @@ class Trainer:
                     break  # epoch finished: draw the next epoch's order
             if stopped_early:
                 break
-        if progress is not None:
-            progress.close()
+        progress.close()
         summary = {
             "steps": pos.step,
+            "total_steps": self.total_steps,
             "epochs_completed": pos.epoch,
             "seconds": time.time() - started,
             "steps_this_session": pos.step - start_step,
             "finished": pos.step >= self.total_steps,
             **eval_metrics,
         }
-        if self.env.is_main:
+        if self.env.is_main and self.run_dir is not None:
             (self.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         self.tracker.close()
         return summary
@@ -250,14 +261,12 @@ class Trainer:
             values["lr"] = self.optimizer.param_groups[0]["lr"]
             values["epoch"] = self.position.epoch
             self.tracker.log(self.position.step, values)
-            if progress is not None:
-                progress.n = self.position.step
-                progress.set_postfix(loss=f"{values['loss/total']:.3f}", refresh=False)
-                progress.refresh()
+            progress.update(self.position.step, loss=values["loss/total"], grad_norm=values["grad_norm"])
 
 
 def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = False, stop_at_step: int | None = None) -> dict:
-    """Train one run; returns the summary. The process group is torn down on exit."""
+    """Train one run into `run_dir` (default: <out_dir>/<name>); returns the summary. The process group is torn
+    down on exit. To train without a run folder, use `Trainer(config, None).fit()` (see mmvae.api.fit)."""
     run_dir = Path(run_dir) if run_dir else Path(config.out_dir) / config.name
     try:
         trainer = Trainer(config, run_dir, resume=resume)

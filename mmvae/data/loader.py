@@ -24,8 +24,7 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from mmvae.batch import Batch, slice_rows
-from mmvae.batch import batch_size as batch_size_of
+from mmvae.batch import Batch
 from mmvae.data.source import BatchSource
 
 
@@ -167,16 +166,18 @@ def build_loader(source: BatchSource, kind: str, batch_size: int, seed: int, ran
     raise ValueError(f"unknown data.loader {kind!r}; expected 'indexed' or 'dataloader'")
 
 
-def limited_batches(source: BatchSource, batch_size: int, limit: int | None, shuffle: bool = False) -> Iterator[Batch]:
-    """Batches over the first `limit` samples of epoch 0 (seed 0), the last one trimmed to exactly `limit`."""
-    loader = ShuffledBatches(source, batch_size, seed=0, shuffle=shuffle, drop_last=False)
-    seen = 0
-    for batch in loader.epoch(0):
-        if limit is not None and seen >= limit:
-            return
-        n = batch_size_of(batch)
-        if limit is not None and seen + n > limit:
-            batch = slice_rows(batch, 0, limit - seen)
-            n = limit - seen
-        seen += n
-        yield batch
+def limited_batches(source: BatchSource, batch_size: int, limit: int | None, shuffle: bool = False,
+                    seed: int = 0) -> Iterator[Batch]:
+    """Batches over at most `limit` samples: every sample when limit is None or covers the split (in order, or
+    in a seeded random order with `shuffle`), else a seeded class-balanced subset (data.sampling), never the
+    first `limit` samples (a split may be stored grouped by class)."""
+    from mmvae.data.sampling import subset_indices
+
+    n = len(source)
+    if shuffle and (limit is None or limit >= n):
+        indices = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    else:
+        indices = subset_indices(source, limit, seed)
+    indices = indices.to(source.device)
+    for lo in range(0, indices.numel(), batch_size):
+        yield source.gather(indices[lo : lo + batch_size])
