@@ -21,18 +21,18 @@ def add_parser(sub) -> None:
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--samples", type=int, default=64, help="number of samples to attribute (default 64)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/attribution)")
-    p.add_argument("--split", choices=["test", "train"], default="test")
+    p.add_argument("--split", choices=["test", "train"], default="test", help="which split the samples come from")
     p.add_argument("--seed", type=int, default=0, help="picks the samples and the random deletion orders")
     p.add_argument("--show", type=int, default=16, help="samples shown one by one in the page (all enter the summary)")
-    p.add_argument("--top-k", type=int, default=10)
+    p.add_argument("--top-k", type=int, default=10, help="top parts listed per sample and kind")
     p.add_argument("--modes", default="loss,jacobian", help="comma-separated subset of loss,jacobian")
     p.add_argument("--no-private", action="store_true", help="skip attributions to the private features")
     p.add_argument("--no-ig", action="store_true", help="skip integrated gradients")
     p.add_argument("--no-deletion", action="store_true", help="skip the deletion (faithfulness) test")
-    p.add_argument("--ig-steps", type=int, default=32)
+    p.add_argument("--ig-steps", type=int, default=32, help="integration steps of integrated gradients")
     p.add_argument("--target", choices=["predicted", "label"], default="predicted",
                    help="which class's logit integrated gradients explain")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
 def select_indices(source, samples: int, seed: int) -> torch.Tensor:

@@ -135,9 +135,9 @@ def add_parser(sub) -> None:
                        description=f"Train one digit classifier per modality on a prepared MNIST–SVHN folder's training "
                                    f"images; cache them in DIR/{CACHE_DIR}/ with their test accuracy.")
     p.add_argument("prepared", type=Path, help=f"prepared MNIST–SVHN folder (holds {MANIFEST})")
-    p.add_argument("--epochs", type=positive_int, default=4)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--epochs", type=positive_int, default=4, help="training epochs per classifier")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights and batch order")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
 def run(args) -> int:

@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-DEFAULT_DEMO_CONFIG = "configs/toy.yaml"
+DEFAULT_DEMO_CONFIG = "toy"  # a shipped config: found from any directory
 DEMO_MARKER = ".mmvae-demo"
 
 
@@ -16,10 +16,13 @@ def _add_train(sub) -> None:
     p = sub.add_parser("train", help="train a model from a YAML config",
                        description="Train from CONFIG with optional key=value overrides, e.g. train.lr=3e-4 model.fusion=concat. "
                                    "Under torchrun this trains with DDP.")
-    p.add_argument("config", type=Path, help="experiment YAML (see configs/)")
+    p.add_argument("config", nargs="?", default=None,
+                   help="experiment YAML, or a shipped config's name (`mmvae config list`); with --resume it may be "
+                        "left out: the run's saved config is used")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys, YAML values)")
     p.add_argument("--run-dir", type=Path, default=None, help="run folder (default: <out_dir>/<name> from the config)")
-    p.add_argument("--resume", action="store_true", help="continue from the newest verified checkpoint in the run folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the newest verified checkpoint in the run folder (bitwise exact)")
     p.add_argument("--stop-at-step", type=int, default=None, help="checkpoint and exit after this step (simulates preemption)")
 
 
@@ -29,13 +32,14 @@ def _add_evaluate(sub) -> None:
                                    "joint factor (all modalities and each alone), IWAE log-likelihood.")
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/eval)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N test samples")
+    p.add_argument("--limit", type=int, default=None,
+                   help="loss terms and label accuracy on a seeded class-balanced subset of N test samples (default: all)")
     p.add_argument("--iwae-samples", type=int, default=1000, help="K for the IWAE estimate (0 to skip)")
     p.add_argument("--iwae-limit", type=int, default=256, help="number of test samples for the IWAE estimate")
     p.add_argument("--generative-limit", type=int, default=10_000,
                    help="test pairs for coherence/swap metrics and prior draws for joint coherence (MNIST–SVHN)")
     p.add_argument("--probe-train", type=int, default=10_000, help="training samples for the linear probes (MNIST–SVHN)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the posterior samples and the subsets")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
@@ -46,17 +50,27 @@ def _add_sample(sub) -> None:
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/samples)")
     p.add_argument("--num", type=int, default=64, help="samples per grid")
     p.add_argument("--nrow", type=int, default=8, help="samples per grid row")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the prior draws and of the test samples shown")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="short training on the built-in toy dataset, then evaluate and sample",
-                       description="Train configs/toy.yaml (two modalities with a known shared/private structure), then write "
-                                   "its evaluation and sample grids. Prints where everything went.")
-    p.add_argument("--config", type=Path, default=Path(DEFAULT_DEMO_CONFIG))
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
+                       description="Train the shipped toy config (two modalities with a known shared/private structure), "
+                                   "then write its evaluation, sample and swap grids. Prints where everything went.")
+    p.add_argument("--config", default=DEFAULT_DEMO_CONFIG, help="config file or shipped config name")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys, YAML values)")
+    p.add_argument("--run-dir", type=Path, default=Path("runs/demo"),
+                   help="run folder; a previous demo's folder there is replaced")
+
+
+def _add_config(sub) -> None:
+    p = sub.add_parser("config", help="list or print the shipped configs",
+                       description="The configs that ship with mmvae: `mmvae config list`, `mmvae config show NAME`.")
+    actions = p.add_subparsers(dest="config_command", required=True)
+    actions.add_parser("list", help="names and first comment line of every shipped config")
+    show = actions.add_parser("show", help="print a shipped config's YAML")
+    show.add_argument("name", help="a name from `mmvae config list`")
 
 
 # Subcommands that live beside their feature: module path -> (name of its `add_parser(subparsers)`,
@@ -84,19 +98,65 @@ def build_parser() -> argparse.ArgumentParser:
     _add_evaluate(sub)
     _add_sample(sub)
     _add_demo(sub)
+    _add_config(sub)
     for name in EXTENSION_COMMANDS:
         add_parser, _ = _extension(name)
         add_parser(sub)
+    _document_defaults(parser)
     return parser
 
 
+def _document_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append "(default: X)" to every option's help that does not state its default already."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _document_defaults(sub)
+            continue
+        if not action.option_strings or action.help in (None, argparse.SUPPRESS) or "default" in action.help:
+            continue
+        if action.default not in (None, False, argparse.SUPPRESS) and not isinstance(action, argparse._HelpAction):
+            action.help = f"{action.help} (default: {action.default})"
+
+
 def cmd_train(args) -> int:
-    from mmvae.config import load_config
+    from mmvae.config import ConfigError, load_config
     from mmvae.train import train
 
-    config = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    config_arg = args.config
+    if config_arg is not None and "=" in config_arg and not Path(config_arg).is_file():
+        overrides.insert(0, config_arg)  # `mmvae train --resume --run-dir R key=value`: no CONFIG given
+        config_arg = None
+    if config_arg is None:
+        if not (args.resume and args.run_dir):
+            raise ConfigError("mmvae train needs CONFIG (a YAML file or a shipped name, see `mmvae config list`); "
+                              "only `--resume --run-dir RUN` may leave it out")
+        config_arg = args.run_dir / "config.yaml"
+        if not config_arg.is_file():
+            raise ConfigError(f"--resume: {config_arg} does not exist: {args.run_dir} is not a run folder")
+    config = load_config(config_arg, overrides)
     summary = train(config, args.run_dir, resume=args.resume, stop_at_step=args.stop_at_step)
+    if args.resume and summary["steps_this_session"] == 0 and summary["finished"]:
+        print(f"mmvae train: the run was already finished at step {summary['steps']:,}; nothing was trained "
+              "(raise train.max_steps or train.epochs to continue it)", file=sys.stderr)
     print(json.dumps(summary, indent=2))
+    return 0
+
+
+def cmd_config(args) -> int:
+    from mmvae.config import ConfigError, did_you_mean, shipped_configs
+
+    shipped = shipped_configs()
+    if args.config_command == "list":
+        for name, path in shipped.items():
+            first = next((line.lstrip("# ").strip() for line in path.read_text().splitlines() if line.startswith("#")), "")
+            print(f"{name:20s} {first}")
+        return 0
+    if args.name not in shipped:
+        raise ConfigError(f"no shipped config {args.name!r}{did_you_mean(args.name, shipped)}; "
+                          f"shipped: {sorted(shipped)}")
+    print(shipped[args.name].read_text(), end="")
     return 0
 
 
@@ -133,8 +193,6 @@ def cmd_demo(args) -> int:
     from mmvae.sample import write_samples
     from mmvae.train import train
 
-    if not args.config.is_file():
-        raise FileNotFoundError(f"demo config {args.config} not found; run `mmvae demo` from the repository root")
     config = load_config(args.config, args.overrides)
     marker = args.run_dir / DEMO_MARKER
     if args.run_dir.exists() and any(args.run_dir.iterdir()):
@@ -168,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
 
     known_errors = (ConfigError, CheckpointError, DataError, NonFiniteLossError, FileNotFoundError, FileExistsError)
     args = build_parser().parse_args(argv)
-    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "demo": cmd_demo}
+    handlers = {"train": cmd_train, "evaluate": cmd_evaluate, "sample": cmd_sample, "demo": cmd_demo,
+                "config": cmd_config}
     handler = handlers.get(args.command) or _extension(args.command)[1]
     try:
         return handler(args)

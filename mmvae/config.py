@@ -400,11 +400,33 @@ def config_from_dict(tree: dict, source: str = "<dict>") -> ExperimentConfig:
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
+def shipped_configs() -> dict[str, Path]:
+    """The configs that ship inside the package, by name (file stem)."""
+    from importlib.resources import files
+
+    folder = Path(str(files("mmvae") / "configs"))
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))} if folder.is_dir() else {}
+
+
+def resolve_config_path(arg: str | Path) -> Path:
+    """A config file path, or the name of a shipped config ("toy", "mnist_svhn_quick"): the file to read."""
+    path = Path(arg)
+    if path.is_file():
+        return path
+    shipped = shipped_configs()
+    name = path.stem if path.suffix in (".yaml", ".yml") else str(arg)
+    if path.parent == Path(".") and name in shipped:
+        return shipped[name]
+    if path.parent.name == "configs" and name in shipped and not path.parent.exists():
+        return shipped[name]  # "configs/toy.yaml" typed outside the repository
+    hint = did_you_mean(name, shipped)
+    raise ConfigError(f"config file {path} does not exist{hint}; shipped configs: {sorted(shipped)} "
+                      "(`mmvae config list`)")
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
-    """Read a YAML config, apply overrides, validate."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file {path} does not exist")
+    """Read a YAML config (a path or a shipped config's name), apply overrides, validate."""
+    path = resolve_config_path(path)
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:

@@ -146,8 +146,8 @@ def add_parser(sub) -> None:
     p.add_argument("run", type=Path, help="run folder")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: RUN/swaps)")
     p.add_argument("--n", type=int, default=8, help="rows and columns per grid")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--seed", type=int, default=0, help="seed of the donor samples and the prior draws")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
 
 
 def run(args) -> int:
