@@ -161,11 +161,14 @@ def cmd_config(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    from mmvae.data.registry import build_sources
+    from mmvae.data.registry import DATASETS, build_sources
     from mmvae.evaluate import evaluate_run
     from mmvae.runs import load_run
 
     run = load_run(args.run, args.device)
+    entry = DATASETS[run.config.data.name]
+    if entry.preflight is not None:
+        entry.preflight(run.config)  # before any work: e.g. the cached classifiers exist
     train, test = build_sources(run.config)
     out = args.out or args.run / "eval"
     metrics = evaluate_run(run, test, out, args.limit, args.iwae_samples, args.iwae_limit, args.seed,

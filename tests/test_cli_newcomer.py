@@ -14,6 +14,7 @@ from mmvae.cli import build_parser, main
 from mmvae.config import config_to_yaml
 from tests.conftest import REPO, tiny_config
 from tests.test_cli import ENV
+from tests.test_prepare_mnist_svhn import raw, synthetic_args  # noqa: F401  (raw is a fixture)
 
 
 def _options(parser: argparse.ArgumentParser, path=()):
@@ -73,3 +74,28 @@ def test_train_without_config_or_resume_is_one_clear_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs CONFIG" in err[0]
     assert not (tmp_path / "r").exists()
+
+
+def test_a_shape_that_does_not_match_the_data_is_refused_before_a_run_folder_exists(tmp_path, capsys):
+    config = tmp_path / "tiny.yaml"
+    config.write_text(config_to_yaml(tiny_config(tmp_path, ("model.modalities.bars.shape=[1, 8, 8]",))))
+    assert main(["train", str(config), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.modalities.bars.shape" in err[0] and "[1, 16, 16]" in err[0]
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_checks_for_the_classifiers_before_any_work(raw, tmp_path, capsys):  # noqa: F811
+    from data_prep.cli import run_prepare
+
+    data = tmp_path / "prepared"
+    assert run_prepare(synthetic_args(raw, data)) == 0
+    run = tmp_path / "run"
+    quick = REPO / "configs" / "mnist_svhn_quick.yaml"
+    assert main(["train", str(quick), f"data.path={data}", "train.max_steps=2", "train.batch_size=16",
+                 "logging.progress_bar=false", "logging.wandb_mode=disabled", "--run-dir", str(run)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "classifiers.json is missing" in err[0] and "mmvae classifiers" in err[0]
+    assert not (run / "eval").exists()
