@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     from mmvae.attribution_report import write_report
     from mmvae.data.registry import build_sources
     from mmvae.data.source import batch_to
-    from mmvae.interpret import AttributionSettings, attribute
+    from mmvae.interpret import AttributionSettings, attribute, reconstruction_term_weights
     from mmvae.runs import load_run
 
     started = time.perf_counter()
@@ -69,7 +69,9 @@ def run(args: argparse.Namespace) -> int:
     indices = select_indices(source, args.samples, args.seed)
     device = next(loaded.model.parameters()).device
     batch = batch_to(source.gather(indices.to(source.device)), device)
-    result = attribute(loaded.model, batch, settings)
+    weights = reconstruction_term_weights(loaded.model, loaded.config.loss, loaded.step)
+    result = attribute(loaded.model, batch, settings, weights,
+                       f"loss.weights of the run's config at step {loaded.step} x the family's term scales")
     meta = {
         "model": {"run_dir": str(args.run), "step": loaded.step, "config_name": loaded.config.name,
                   "fusion": loaded.config.model.fusion, "joint_dim": loaded.config.model.joint_dim,
@@ -83,8 +85,18 @@ def run(args: argparse.Namespace) -> int:
     for name, comp in result.completeness.items():
         print(f"{name}: completeness relative error {comp.relative_error:.4f} ({'ok' if comp.ok else 'ABOVE tolerance'})")
     for m, curves in result.deletion.items():
-        ratios = ", ".join(f"{c.score} by {c.ranking}: {'n/a' if c.area_ratio is None else f'{c.area_ratio:.2f}'}" for c in curves)
-        print(f"deletion area ratio (top / random) {m}: {ratios}")
+        for c in curves:
+            print(f"deletion {m} {c.score} by {c.ranking}: {deletion_line(c)}")
     print(f"attributed {args.samples} samples in {time.perf_counter() - started:.1f} s")
     print(f"wrote {paths['html']} and {paths['json']}")
     return 0
+
+
+def deletion_line(c) -> str:
+    """One console line per deletion curve: verdict, area ratio and its interval, the counts behind it."""
+    counts = f"{c.samples} samples, {c.repeats} random orders"
+    if c.area_ratio is None:
+        return (f"n/a (random-order area {c.area_random:.3g} is not above {c.min_area:g} x the unmasked score "
+                f"{c.reference if c.reference is None else f'{c.reference:.3g}'}; {counts})")
+    ci = "" if c.ci is None else f", {c.confidence:.0%} CI [{c.ci[0]:.2f}, {c.ci[1]:.2f}]".replace("inf", "∞")
+    return f"{c.verdict} (area ratio top / random {c.area_ratio:.2f}{ci}; {counts})"

@@ -19,11 +19,21 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmvae.interpret import SIGNED_KINDS, AttributionResult, AttributionSettings, modality_shares, shares, top_parts
+from mmvae.interpret import (
+    SIGNED_KINDS,
+    AttributionResult,
+    AttributionSettings,
+    DeletionCurve,
+    modality_shares,
+    no_share_reason,
+    share_basis,
+    shares,
+    top_parts,
+)
 from mmvae.families.base import MultimodalModel
 from mmvae.modalities import Modality
 
-FORMAT = "mmvae-attribution/1"
+FORMAT = "mmvae-attribution/2"  # 2: loss-term shares, no Jacobian shares, deletion intervals
 KIND_TEXT = {
     "joint/loss": "‖∂ℓ[t]/∂F_y‖ (loss mode, joint)",
     "joint/jacobian": "‖∂x̂[t]/∂F_y‖ (Jacobian mode, joint)",
@@ -41,6 +51,9 @@ KIND_TEX = {
     "ig/joint": "IG joint factor",
 }
 
+
+PANEL_PX = 144  # displayed heatmap size: 5 per row at a 900 px page width, 8 at 1400 px
+CLASS_PX = 96
 
 # --- small helpers ----------------------------------------------------------------------------------
 def _plt():
@@ -133,11 +146,14 @@ def _grid_panels(result: AttributionResult, model: MultimodalModel, m: str, i: i
     grid = _grid_shape(modality)
     panels = []
     if modality.display == "image":
-        panels += [("input", _array_png(_image_rgb(result.inputs[m][i]), 112)),
-                   ("reconstruction", _array_png(_image_rgb(result.recon[m][i]), 112))]
+        panels += [("input", _array_png(_image_rgb(result.inputs[m][i]), PANEL_PX)),
+                   ("reconstruction", _array_png(_image_rgb(result.recon[m][i]), PANEL_PX))]
     for kind in result.kinds:
         values = shares(result.maps[m][kind][i : i + 1])[0].reshape(grid).cpu().numpy()
-        panels.append((KIND_TEXT[kind], _array_png(_heat_rgb(values, kind in SIGNED_KINDS), 112)))
+        top = float(np.abs(values).max())
+        scale = f"±{top:.1%}" if kind in SIGNED_KINDS else f"{top:.1%}"
+        panels.append((f"{KIND_TEXT[kind]} · brightest = {scale} of the map",
+                       _array_png(_heat_rgb(values, kind in SIGNED_KINDS), PANEL_PX)))
     return panels
 
 
@@ -185,15 +201,15 @@ def class_mean_grid_html(result: AttributionResult, model: MultimodalModel, m: s
     """Grid modalities: a table with one row per class, columns mean input and mean map of every kind."""
     modality = model.modalities[m]
     grid = _grid_shape(modality)
-    header = ["class (n)", *(["mean input"] if modality.display == "image" else []), *(KIND_TEXT[k] for k in result.kinds)]
+    header = ["class (n)", *(["mean input"] if modality.display == "image" else []), *result.kinds]  # short: see the kinds table
     rows = []
     for c, per in means.items():
         row = [f"{c} ({int(per['count'])})"]
         if modality.display == "image":
-            row.append(_img(_array_png(_image_rgb(per["input"]), 80), f"mean input class {c}"))
+            row.append(_img(_array_png(_image_rgb(per["input"]), CLASS_PX), f"mean input class {c}"))
         for kind in result.kinds:
             rgb = _heat_rgb(per[kind].reshape(grid).numpy(), kind in SIGNED_KINDS)
-            row.append(_img(_array_png(rgb, 80), f"{kind} class {c}"))
+            row.append(_img(_array_png(rgb, CLASS_PX), f"{kind} class {c}"))
         rows.append(row)
     return _table(header, rows)
 
@@ -227,24 +243,53 @@ def class_mean_strip_figure(result: AttributionResult, model: MultimodalModel, m
     return _png(fig)
 
 
-def deletion_figure(result: AttributionResult, m: str) -> str | None:
-    """Deletion curves of one modality: attribution order vs random order, one panel per ranking."""
-    curves = result.deletion.get(m, [])
-    if not curves:
-        return None
+def deletion_figures(result: AttributionResult, m: str) -> list[tuple[DeletionCurve, str]]:
+    """Deletion curves of one modality, one small figure per ranking (they wrap on narrow pages)."""
     plt = _plt()
-    fig, axes = plt.subplots(1, len(curves), figsize=(2.9 * len(curves), 2.5), squeeze=False)
-    fig.subplots_adjust(left=0.06, right=0.99, top=0.82, bottom=0.18, wspace=0.3)
-    for ax, c in zip(axes[0], curves):
+    out = []
+    for c in result.deletion.get(m, []):
+        fig, ax = plt.subplots(figsize=(3.3, 2.6))
+        fig.subplots_adjust(left=0.25, right=0.97, top=0.8, bottom=0.18)
         ax.plot(c.fractions, c.top, color="tab:red", marker=".", label="top attributed first")
-        ax.plot(c.fractions, c.random, color="tab:grey", marker=".", label="random order")
-        ratio = "n/a" if c.area_ratio is None else f"{c.area_ratio:.2f}"
-        ax.set_title(f"{c.score} by {c.ranking}\narea ratio {ratio}", fontsize=8)
+        ax.plot(c.fractions, c.random, color="tab:grey", marker=".", label=f"random order (mean of {c.repeats})")
+        ax.set_title(f"{c.score} by {c.ranking}\n{_ratio_text(c)}", fontsize=8)
         ax.set_xlabel("fraction of parts masked", fontsize=7)
+        ax.set_ylabel("degradation", fontsize=7)
         ax.tick_params(labelsize=7)
-    axes[0, 0].set_ylabel("degradation", fontsize=7)
-    axes[0, 0].legend(fontsize=7)
-    return _png(fig)
+        ax.legend(fontsize=6)
+        out.append((c, _png(fig)))
+    return out
+
+
+def _ratio_text(c: DeletionCurve) -> str:
+    if c.area_ratio is None:
+        return "ratio n/a (areas too small)"
+    ci = "" if c.ci is None else f" [{_bound(c.ci[0], True)}, {_bound(c.ci[1], False)}]"
+    return f"ratio {c.area_ratio:.2f}{ci}: {c.verdict}"
+
+
+def _finite(v: float) -> float | None:
+    """An interval bound for the JSON: None where it is unbounded (±inf: a resample without a positive random area)."""
+    return float(v) if math.isfinite(v) else None
+
+
+def _bound(v: float | None, low: bool) -> str:
+    return ("−∞" if low else "∞") if v is None or not math.isfinite(v) else f"{v:.2f}"
+
+
+def deletion_json(c: DeletionCurve) -> dict:
+    """One deletion curve for the JSON: mean curves, areas, ratio with its interval, counts and verdict."""
+    random_by_sample = np.asarray(c.random_areas).mean(0) if c.random_areas else np.zeros(0)
+    return {
+        "score": c.score, "ranking": c.ranking, "fractions": c.fractions, "top": _round(c.top),
+        "random": _round(c.random), "area_top": c.area_top, "area_random": c.area_random,
+        "area_ratio": c.area_ratio, "ci": None if c.ci is None else [_finite(v) for v in c.ci], "confidence": c.confidence,
+        "bootstrap_resamples": c.bootstrap, "samples": c.samples, "random_repeats": c.repeats,
+        "reference": c.reference, "min_area": c.min_area, "area_floor": c.floor,
+        "verdict": c.verdict, "faithful": c.verdict == "pass",
+        "area_top_per_sample": _round(c.top_areas), "area_random_per_sample": _round(random_by_sample),
+        "area_random_per_repeat": _round(np.asarray(c.random_areas).mean(1) if c.random_areas else []),
+    }
 
 
 # --- JSON ----------------------------------------------------------------------------------------------
@@ -252,7 +297,8 @@ def report_json(result: AttributionResult, model: MultimodalModel, settings: Att
                 meta: dict, top_k: int) -> dict:
     """Everything machine-readable: settings, provenance, raw per-part values, top-k, shares, summary."""
     names, kinds = result.names, result.kinds
-    mod_shares = {kind: modality_shares(result, kind) for kind in kinds if not kind.startswith("private/")}
+    all_shares = {kind: modality_shares(result, kind) for kind in kinds}
+    mod_shares = {kind: v for kind, v in all_shares.items() if v is not None}
     samples = []
     for i in range(result.labels.shape[0]):
         entry: dict = {"index": int(meta["indices"][i]), "label": int(result.labels[i])}
@@ -267,20 +313,22 @@ def report_json(result: AttributionResult, model: MultimodalModel, settings: Att
             entry["modalities"][m] = {
                 "present": bool(result.present[m][i]),
                 "share": {kind: float(s[m][i]) for kind, s in mod_shares.items()},
+                **({"loss_term_gradient": float(result.term_gradients[m][i])} if m in result.term_gradients else {}),
                 "top_k": {kind: top_parts(result.maps[m][kind][i].cpu(), top_k, parts_shape) for kind in kinds},
                 "raw": {kind: _round(result.maps[m][kind][i]) for kind in kinds},
             }
         samples.append(entry)
     summary = {
         "modality_share_mean": {kind: {m: float(s[m].mean()) for m in names} for kind, s in mod_shares.items()},
+        "modality_share_basis": {kind: share_basis(kind) for kind in mod_shares},
+        "no_modality_share": {kind: no_share_reason(kind) for kind, v in all_shares.items() if v is None},
+        "loss_term_weights": {"weights": result.term_weights, "source": result.term_weights_source},
+        "loss_term_gradient_mean": {m: float(g.mean()) for m, g in result.term_gradients.items()},
         "completeness": {kind: {"relative_error": c.relative_error, "tolerance": c.tol, "ok": c.ok,
                                 "max_abs_delta": float(c.delta.abs().max()),
                                 "mean_abs_gap": float((c.f_x - c.f_x0).abs().mean())}
                          for kind, c in result.completeness.items()},
-        "deletion": {m: [{"score": c.score, "ranking": c.ranking, "fractions": c.fractions, "top": _round(c.top),
-                          "random": _round(c.random), "area_top": c.area_top, "area_random": c.area_random,
-                          "area_ratio": c.area_ratio, "faithful": c.area_ratio is not None and c.area_ratio > 1}
-                         for c in curves] for m, curves in result.deletion.items()},
+        "deletion": {m: [deletion_json(c) for c in curves] for m, curves in result.deletion.items()},
         "class_means": {m: {str(c): {k: _round(v) for k, v in per.items() if k not in ("input", "count")}
                             for c, per in class_means(result, m).items()} for m in names},
     }
@@ -305,13 +353,19 @@ def method_text(settings: AttributionSettings) -> str:
         "Posterior means, model in eval mode. Feature gradients: per part t (Modality.to_parts), loss mode "
         "‖∂ℓ_m[t]/∂F‖ with ℓ_m = −log p(x_m | x̂_m) and Jacobian mode ‖∂x̂_m[t]/∂F‖ (Frobenius norm over the part's "
         "elements), for F = F_y = G_y(μ_y) and F = F_m = G_m(μ_m); computed with forward-mode JVPs vmapped over the "
-        "feature basis. Integrated gradients (captum, "
+        "feature basis. A modality's share of the joint loss gradient is w_m ‖∂ℓ_m/∂F_y‖ of its whole loss term "
+        "ℓ_m = Σ_t ℓ_m[t] (w_m its weight in the training loss) over the sum of these; Jacobian-mode and private "
+        "maps get no cross-modality share (different units, different factors). Integrated gradients (captum, "
         f"{settings.ig_method}, {settings.ig_steps} steps, baseline zeros in model-input space) of the "
         f"{settings.target} class's logit and of s(x) = <μ_y(x) − μ_y(x0), unit(μ_y(x) − μ_y(x0))>, summed within "
         "parts; completeness Σ attribution = f(x) − f(x0) is checked. Deletion: parts of one modality are set to "
         f"the baseline in attribution order and in {settings.deletion_repeats} random orders, all other modalities "
         "intact; degradation is the drop of the target logit or the rise of −log p(x_m | decoder(F_y(masked), F_m)) "
-        "per part. Displayed maps are shares (|values| of a sample's modality sum to 1); the JSON keeps raw values."
+        f"per part. The ratio of mean areas (top / random) gets a {settings.deletion_confidence:.0%} percentile "
+        f"bootstrap interval over samples ({settings.deletion_bootstrap} resamples, seed {settings.seed}); it is a "
+        "pass only when the interval's lower end is above 1, and n/a when the random-order area is below "
+        f"{settings.deletion_min_area:g} x the mean |unmasked score|. Displayed maps are shares (|values| of a "
+        "sample's modality sum to 1); the JSON keeps raw values."
     )
 
 
@@ -320,10 +374,18 @@ CSS = """
 body { font-family: sans-serif; margin: 24px; color: #222; max-width: 1350px; }
 h1 { font-size: 22px; } h2 { font-size: 18px; border-bottom: 1px solid #ccc; margin-top: 28px; }
 h3 { font-size: 15px; margin-bottom: 4px; } table { border-collapse: collapse; font-size: 12px; margin: 6px 0; }
-td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: left; } th { background: #f3f3f3; }
-.ok { color: #176b1f; font-weight: bold; } .bad { color: #a31515; font-weight: bold; }
+td, th { border: 1px solid #ddd; padding: 2px 6px; text-align: left; vertical-align: top; } th { background: #f3f3f3; }
+.ok { color: #176b1f; font-weight: bold; } .bad { color: #a31515; font-weight: bold; } .na { color: #777; font-weight: bold; }
 .sample { border: 1px solid #e3e3e3; padding: 8px 12px; margin: 12px 0; } .small { font-size: 12px; color: #555; }
 img { max-width: 100%; image-rendering: pixelated; } p.method { font-size: 13px; } code { background: #f5f5f5; padding: 0 3px; }
+.panels { display: flex; flex-wrap: wrap; gap: 10px 12px; margin: 6px 0; }
+.panels figure { margin: 0; width: 144px; } .panels figure.wide { width: auto; }
+.panels figcaption { font-size: 11px; color: #444; line-height: 1.25; margin-top: 2px; }
+.key { display: flex; flex-wrap: wrap; gap: 12px 36px; margin: 6px 0 10px; font-size: 12px; }
+.key .bar img { width: 256px; height: 14px; display: block; border: 1px solid #999; }
+.key .ends { display: flex; justify-content: space-between; width: 258px; }
+ul.explain { font-size: 12px; color: #444; margin: 2px 0 8px; padding-left: 18px; } ul.explain li { margin: 1px 0; }
+details { margin: 10px 0; } summary { cursor: pointer; font-weight: bold; }
 """
 
 
@@ -346,31 +408,103 @@ def _verdict(ok: bool, yes: str = "pass", no: str = "FAIL") -> str:
     return f'<span class="ok">{yes}</span>' if ok else f'<span class="bad">{no}</span>'
 
 
+def _deletion_verdict(verdict: str) -> str:
+    cls = {"pass": "ok", "fail": "bad"}.get(verdict, "na")
+    text = {"pass": "pass", "fail": "fail", "n/a": "n/a"}[verdict]
+    return f'<span class="{cls}">{text}</span>'
+
+
+def _explain(lines: list[str]) -> str:
+    """One line per number of the table above."""
+    return '<ul class="explain">' + "".join(f"<li>{line}</li>" for line in lines) + "</ul>"
+
+
+def _figures(items: list[tuple[str, str, str]], wide: bool = False) -> str:
+    """(caption, base64 PNG, alt) as figures in a wrapping row."""
+    cls = ' class="wide"' if wide else ""
+    return '<div class="panels">' + "".join(
+        f"<figure{cls}>{_img(b, alt)}<figcaption>{html.escape(cap)}</figcaption></figure>" for cap, b, alt in items
+    ) + "</div>"
+
+
+def colour_key_html() -> str:
+    """The two colour scales, drawn before any map."""
+    ramp = np.linspace(0.0, 1.0, 256)[None, :].repeat(14, axis=0)
+    inferno = _array_png(_heat_rgb(ramp, signed=False), 256)
+    rdbu = _array_png(_heat_rgb(ramp * 2 - 1, signed=True), 256)
+    return (
+        "<h2>Colour key</h2>"
+        '<div class="key">'
+        f'<div><b>gradient norms</b> (‖∂ℓ/∂F‖, ‖∂x̂/∂F‖)<div class="bar">{_img(inferno, "inferno colour bar")}</div>'
+        '<div class="ends"><span>0</span><span>largest share in the map</span></div></div>'
+        f'<div><b>integrated gradients</b> (signed)<div class="bar">{_img(rdbu, "red-blue colour bar")}</div>'
+        '<div class="ends"><span>−largest |share|</span><span>0</span><span>+largest |share|</span></div></div>'
+        "</div>"
+        '<p class="small">Every heatmap is scaled to its own largest value (given under each per-sample map as '
+        "\"brightest = x % of the map\"): compare where a map is bright, not how bright two maps are.</p>"
+    )
+
+
 def _summary_html(doc: dict, result: AttributionResult, model: MultimodalModel) -> str:
     s = doc["summary"]
-    out = ["<h2>Summary over the attributed samples</h2>", "<h3>Each modality's share of the attribution</h3>"]
     names = result.names
-    out.append(_table(["kind", *names], [[html.escape(KIND_TEXT[k]), *(f"{v[m]:.1%}" for m in names)]
-                                         for k, v in s["modality_share_mean"].items()]))
+    out = ["<h2>Summary over the attributed samples</h2>", "<h3>Each modality's share</h3>"]
+    rows = [[html.escape(KIND_TEXT[k]), *(f"{v[m]:.1%}" for m in names), html.escape(s["modality_share_basis"][k])]
+            for k, v in s["modality_share_mean"].items()]
+    rows += [[html.escape(KIND_TEXT[k]), *("–" for _ in names), "no share: " + html.escape(reason)]
+             for k, reason in s["no_modality_share"].items()]
+    out.append(_table(["kind", *names, "computed from"], rows))
+    weights = s["loss_term_weights"]
+    grads = s["loss_term_gradient_mean"]
+    out.append(_explain([
+        "Each share is a per-sample fraction averaged over the samples; a row's shares sum to 100 %.",
+        "Loss-mode share: w_m ‖∂ℓ_m/∂F_y‖ for the modality's whole loss term ℓ_m, over the sum across modalities; "
+        "mean ‖∂ℓ_m/∂F_y‖ (nats per unit of F_y): "
+        + html.escape(", ".join(f"{m} {grads[m]:.3g}" for m in names if m in grads))
+        + "; weights w_m: " + html.escape(", ".join(f"{m} {w:.3g}" for m, w in weights["weights"].items()))
+        + f" ({html.escape(weights['source'])}).",
+        "IG share: each modality's part of Σ |IG| (all in units of the explained logit or of ‖Δμ_y‖).",
+        "Jacobian-mode and private kinds have no share: their norms are not in common units across modalities.",
+    ]))
     if s["completeness"]:
         out.append("<h3>Integrated-gradients completeness</h3>")
-        out.append(_table(["target", "Σ|Σattr − (f(x) − f(x0))| / Σ|f(x) − f(x0)|", "tolerance", "max |delta|",
-                           "mean |f(x) − f(x0)|", "check"],
+        out.append(_table(["target", "relative error", "tolerance", "max |delta|", "mean |f(x) − f(x0)|", "check"],
                           [[k, f"{c['relative_error']:.4f}", f"{c['tolerance']}", f"{c['max_abs_delta']:.3g}",
                             f"{c['mean_abs_gap']:.3g}", _verdict(c["ok"])] for k, c in s["completeness"].items()]))
+        out.append(_explain([
+            "relative error: Σ_b |Σ_t attr − (f(x) − f(x0))| / Σ_b |f(x) − f(x0)|, how far IG misses completeness.",
+            "tolerance: the largest relative error that passes; max |delta|: the worst single sample's gap.",
+            "mean |f(x) − f(x0)|: the size of what is being split among the parts (logit, or ‖Δμ_y‖).",
+        ]))
     if s["deletion"]:
         out.append("<h3>Faithfulness: deletion curves</h3>")
-        out.append('<p class="small">Area under the degradation curve when masking parts in attribution order vs random '
-                   "order; ratio &gt; 1 means the attributed parts matter more than chance.</p>")
-        rows = [[m, c["score"], c["ranking"], f"{c['area_top']:.4g}", f"{c['area_random']:.4g}",
-                 "n/a" if c["area_ratio"] is None else f"{c['area_ratio']:.2f}", _verdict(c["faithful"], "yes", "no")]
-                for m, curves in s["deletion"].items() for c in curves]
-        out.append(_table(["modality", "score", "ranking", "area (top)", "area (random)", "ratio", "> random"], rows))
+        rows = []
+        for m, curves in s["deletion"].items():
+            for c in curves:
+                ratio = "n/a" if c["area_ratio"] is None else f"{c['area_ratio']:.2f}"
+                ci = "–" if c["ci"] is None else f"[{_bound(c['ci'][0], True)}, {_bound(c['ci'][1], False)}]"
+                rows.append([m, c["score"], c["ranking"], f"{c['area_top']:.4g}", f"{c['area_random']:.4g}", ratio, ci,
+                             f"{c['samples']} × {c['random_repeats']}", _deletion_verdict(c["verdict"])])
+        conf = next(c for curves in s["deletion"].values() for c in curves)
+        out.append(_table(["modality", "score", "ranking", "area (top)", "area (random)", "ratio",
+                           f"{conf['confidence']:.0%} interval", "samples × random orders", "verdict"], rows))
+        out.append(_explain([
+            "area (top) / area (random): mean area under the degradation curve when masking parts in attribution "
+            "order / in random order (label_logit: drop of the target logit; recon_from_joint: rise of −log p per part).",
+            f"ratio: area (top) / area (random); interval: percentile bootstrap over samples "
+            f"({conf['bootstrap_resamples']} resamples) of that ratio.",
+            "verdict: <b>pass</b> only when the interval's lower end is above 1; <b>fail</b> when the interval "
+            "reaches 1 or below; <b>n/a</b> when random masking barely changes the score (random area below "
+            f"{conf['min_area']:g} × the mean |unmasked score|), so there is nothing to compare.",
+        ]))
         for m in result.deletion:
-            fig = deletion_figure(result, m)
-            if fig:
-                out.append(f"<p><b>{html.escape(m)}</b><br>{_img(fig, f'deletion curves {m}')}</p>")
+            figs = deletion_figures(result, m)
+            if figs:
+                out.append(f"<p><b>{html.escape(m)}</b></p>")
+                out.append(_figures([("", b, f"deletion {c.ranking} {m}") for c, b in figs], wide=True))
     out.append("<h3>Mean maps per class</h3>")
+    out.append('<p class="small">Per class (data label): the mean input and, per kind, the mean of the samples\' '
+               "normalised maps; each cell is scaled to its own maximum.</p>")
     for m in names:
         means = class_means(result, m)
         if not means:
@@ -393,12 +527,13 @@ def _sample_html(doc: dict, result: AttributionResult, model: MultimodalModel, i
         info = entry["modalities"][m]
         share = ", ".join(f"{html.escape(KIND_TEXT[k])}: {v:.1%}" for k, v in info["share"].items())
         present = "" if info["present"] else ' <span class="bad">(absent in this sample)</span>'
-        out.append(f"<p><b>{html.escape(m)}</b>{present}<br><span class='small'>share of this modality: {share}</span><br>")
+        out.append(f"<p><b>{html.escape(m)}</b>{present}<br><span class='small'>share of this modality: "
+                   f"{share or 'none comparable'}</span></p>")
         if _grid_shape(model.modalities[m]) is not None:
             panels = _grid_panels(result, model, m, i)
-            out.append(_table([t for t, _ in panels], [[_img(b, f"{t} {m} sample {i}") for t, b in panels]]) + "</p>")
+            out.append(_figures([(t, b, f"{t} {m} sample {i}") for t, b in panels]))
         else:
-            out.append(_img(curve_figure(result, model, m, i), f"attributions {m} sample {i}") + "</p>")
+            out.append(_img(curve_figure(result, model, m, i), f"attributions {m} sample {i}"))
         rows = []
         for r in range(top_k):
             row = [str(r + 1)]
@@ -415,23 +550,33 @@ def render_html(doc: dict, result: AttributionResult, model: MultimodalModel, sh
     """The report page as one string; no external resources."""
     model_meta, data_meta = doc["model"], doc["data"]
     title = f"Attribution report: {model_meta.get('config_name', '')} at step {model_meta.get('step', '?')}"
+    dataset = (data_meta.get("provenance") or {}).get("dataset") or data_meta.get("dataset", "")
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', f"<title>{html.escape(title)}</title>",
         f"<style>{CSS}</style></head><body>", f"<h1>{html.escape(title)}</h1>",
-        f"<p class='small'>{len(doc['samples'])} samples from the {html.escape(str(data_meta.get('split')))} split; "
-        f"the first {show} are shown one by one below the summary.</p>",
-        "<h2>Model and data provenance</h2>", _kv_table(model_meta),
-        _kv_table({k: v for k, v in data_meta.items() if k != "indices"} | {"indices": data_meta["indices"][:64]}),
-        "<h2>Method and settings</h2>", f"<p class='method'>{html.escape(doc['method'])}</p>", _kv_table(doc["settings"]),
+        f"<p class='small'>{len(doc['samples'])} samples of {html.escape(str(dataset))} from the "
+        f"{html.escape(str(data_meta.get('split')))} split; the first {min(show, len(doc['samples']))} are shown one "
+        "by one below the summary. Run folder, data provenance and every setting are in the collapsed section at "
+        "the end.</p>",
+        "<h2>Method</h2>", f"<p class='method'>{html.escape(doc['method'])}</p>",
         _table(["kind", "meaning"], [[html.escape(k), html.escape(v)] for k, v in doc["kinds"].items()]),
+        colour_key_html(),
         _summary_html(doc, result, model),
         "<h2>Per sample</h2>",
-        '<p class="small">Heatmaps: gradient norms (inferno, 0 = black) and signed integrated gradients (red positive, '
-        "blue negative), each normalised so that a sample's |values| in one modality sum to 1. Top-k tables give the "
-        "part coordinates (row, column for grids; index for sequences) and the signed share.</p>",
+        '<p class="small">Heatmaps: gradient norms (inferno) and signed integrated gradients (red positive, blue '
+        "negative), each normalised so that a sample's |values| in one modality sum to 1 (colour key above). Top-k "
+        "tables give the part coordinates (row, column for grids; index for sequences) and the signed share.</p>",
     ]
     parts += [_sample_html(doc, result, model, i, top_k) for i in range(min(show, len(doc["samples"])))]
-    parts.append("</body></html>")
+    parts += [
+        "<details><summary>Model and data provenance, settings</summary>",
+        "<h3>Model</h3>", _kv_table(model_meta),
+        "<h3>Data</h3>",
+        _kv_table({k: v for k, v in data_meta.items() if k != "indices"} | {"indices": data_meta["indices"][:64]}),
+        "<h3>Settings</h3>", _kv_table(doc["settings"]),
+        "</details>",
+        "</body></html>",
+    ]
     return "\n".join(parts)
 
 

@@ -18,9 +18,18 @@ the same JVP. Everything here only uses the Modality interface (decode, mean, lo
 to_parts), so new modality kinds are attributed without changes here; `to_parts` must be a grouping sum
 (linear), which is what lets Jacobian norms be reduced as sums of squares and masks be mapped back.
 
+Each modality's share of the joint factor's loss gradient comes from its whole loss term, not from the
+per-part maps: w_m ‖∂ℓ_m/∂F_y‖ with ℓ_m = Σ_t ℓ_m[t] (the sum over parts of the same per-part tangents) and
+w_m the term's weight in the training loss, in nats per unit of F_y for every modality. Summing per-part
+norms instead would add quantities over different numbers of parts. Jacobian-mode maps are in each
+modality's data units, so no cross-modality share is given for them (nor for the private factors, which
+are different vectors per modality).
+
 Faithfulness (deletion): parts of x_m are set to the baseline in order of attribution (top first) and in
 random order; the label logit or the reconstruction of x_m from F_y must degrade faster for the top order.
-The area under the degradation curve of each order and their ratio (top / random, > 1 is faithful) are kept.
+The area under each sample's degradation curve is kept per order and per random repeat; the ratio of mean
+areas (top / random) gets a seeded 95 % bootstrap interval over samples, and the test passes only when the
+interval's lower end is above 1. Areas too small against the unmasked score are "n/a".
 """
 
 from __future__ import annotations
@@ -58,8 +67,11 @@ class AttributionSettings:
     completeness_tol: float = 0.05  # allowed Σ|Σattr − (f(x) − f(x0))| / Σ|f(x) − f(x0)|
     deletion: bool = True
     deletion_fractions: tuple[float, ...] = tuple(i / 10 for i in range(11))
-    deletion_repeats: int = 3  # random orders averaged for the random curve
+    deletion_repeats: int = 8  # random orders averaged for the random curve
     deletion_max_samples: int = 128  # the deletion test uses at most this many samples per modality
+    deletion_bootstrap: int = 2000  # bootstrap resamples of the samples for the area ratio's interval
+    deletion_confidence: float = 0.95
+    deletion_min_area: float = 1e-3  # areas below this times the mean |unmasked score| are "n/a"
     max_chunk_elements: int = 2**26  # bound on F x B x elements held by one vmapped JVP
     seed: int = 0
 
@@ -69,8 +81,12 @@ class AttributionSettings:
             raise ValueError(f"attribution modes must be a non-empty subset of {list(MODES)}, got {list(self.modes)}")
         if self.target not in ("predicted", "label"):
             raise ValueError(f"target must be 'predicted' or 'label', got {self.target!r}")
-        if self.ig_steps < 2 or min(self.ig_batch, self.deletion_repeats, self.deletion_max_samples) < 1:
-            raise ValueError("ig_steps must be >= 2; ig_batch, deletion_repeats and deletion_max_samples >= 1")
+        if self.ig_steps < 2 or min(self.ig_batch, self.deletion_repeats, self.deletion_max_samples,
+                                    self.deletion_bootstrap) < 1:
+            raise ValueError("ig_steps must be >= 2; ig_batch, deletion_repeats, deletion_max_samples and "
+                             "deletion_bootstrap >= 1")
+        if not 0 < self.deletion_confidence < 1 or self.deletion_min_area < 0:
+            raise ValueError("deletion_confidence must be in (0, 1) and deletion_min_area >= 0")
         fr = self.deletion_fractions
         if len(fr) < 2 or any(not 0 <= f <= 1 for f in fr) or list(fr) != sorted(fr):
             raise ValueError(f"deletion_fractions must be >= 2 increasing values in [0, 1], got {list(fr)}")
@@ -111,13 +127,24 @@ class Completeness:
 
 @dataclass
 class DeletionCurve:
-    """Mean degradation after masking a fraction of parts, in attribution order and in random order."""
+    """Degradation after masking a fraction of parts, in attribution order and in random order.
+
+    `top` and `random` are the mean curves; `top_areas` (B,) and `random_areas` (repeats, B) are the
+    areas under each sample's curve, from which the interval of the area ratio is bootstrapped.
+    """
 
     score: str  # "label_logit" (drop of the target logit) or "recon_from_joint" (rise of ℓ_m per part)
     ranking: str  # the attribution kind that ordered the parts
     fractions: list[float]
     top: list[float]
     random: list[float]
+    top_areas: list[float] = field(default_factory=list)  # per sample
+    random_areas: list[list[float]] = field(default_factory=list)  # per random repeat, per sample
+    reference: float | None = None  # mean |unmasked score| (|target logit| or |ℓ_m per part|); None: absolute
+    min_area: float = 1e-3  # relative to `reference`
+    ci: tuple[float, float] | None = None  # bootstrap interval of area_ratio (None: n/a)
+    confidence: float = 0.95
+    bootstrap: int = 0
 
     @property
     def area_top(self) -> float:
@@ -128,9 +155,52 @@ class DeletionCurve:
         return float(np.trapezoid(self.random, self.fractions))
 
     @property
+    def samples(self) -> int:
+        return len(self.top_areas)
+
+    @property
+    def repeats(self) -> int:
+        return len(self.random_areas)
+
+    @property
+    def floor(self) -> float:
+        """The smallest random-order area that can be compared: min_area x reference (1e-12 without one)."""
+        return 1e-12 if self.reference is None else max(self.min_area * abs(self.reference), 1e-12)
+
+    @property
+    def comparable(self) -> bool:
+        """Random masking must degrade the score measurably for a ratio against it to mean anything."""
+        return self.area_random > self.floor
+
+    @property
     def area_ratio(self) -> float | None:
-        """area(top) / area(random); > 1 means the attribution order is more harmful than chance."""
-        return self.area_top / self.area_random if self.area_random > 1e-12 else None
+        """area(top) / area(random); > 1 means the attribution order is more harmful than chance (None: n/a)."""
+        return self.area_top / self.area_random if self.comparable else None
+
+    @property
+    def verdict(self) -> str:
+        """"pass" when the interval's lower end is above 1, "n/a" when the areas are too small, else "fail"."""
+        if self.area_ratio is None:
+            return "n/a"
+        low = self.ci[0] if self.ci is not None else self.area_ratio
+        return "pass" if low > 1 else "fail"
+
+
+def ratio_interval(top_areas: np.ndarray, random_areas: np.ndarray, resamples: int, confidence: float,
+                   seed: int) -> tuple[float, float]:
+    """Percentile bootstrap over samples of mean(top_areas) / mean(random_areas), pairs kept together.
+
+    top_areas (B,), random_areas (B,) (each sample's mean over the random repeats). A resample whose
+    random mean is not positive gets ratio ±inf by the sign of its top mean (it cannot bound the ratio)."""
+    n = top_areas.shape[0]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, n, size=(resamples, n))
+    num, den = top_areas[idx].mean(1), random_areas[idx].mean(1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.where(den > 0, num / np.where(den > 0, den, 1.0), np.where(num >= 0, np.inf, -np.inf))
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(ratios, [alpha, 1 - alpha], method="nearest")
+    return float(low), float(high)
 
 
 @dataclass
@@ -149,6 +219,10 @@ class AttributionResult:
     completeness: dict[str, Completeness] = field(default_factory=dict)
     deletion: dict[str, list[DeletionCurve]] = field(default_factory=dict)  # per modality
     seconds: dict[str, float] = field(default_factory=dict)
+    # ‖∂ℓ_m/∂F_y‖ of each modality's whole loss term ℓ_m = Σ_t ℓ_m[t], per sample (0 where m is absent)
+    term_gradients: dict[str, Tensor] = field(default_factory=dict)
+    term_weights: dict[str, float] = field(default_factory=dict)  # w_m of recon/<m> in the training loss
+    term_weights_source: str = ""
 
 
 # --- posterior means --------------------------------------------------------------------------------
@@ -218,6 +292,8 @@ def part_gradient_norms(
 ) -> dict[str, Tensor]:
     """Per-part gradient norms with respect to features f (B, F): {"loss"|"jacobian": (B, P)}.
 
+    With loss mode, also "loss_term": (B,) ‖∂ℓ/∂f‖ of the modality's whole loss ℓ = Σ_t ℓ[t] (the norm of the
+    sum of the per-part tangents, not the sum of their norms): what the modality's share is computed from.
     decode: f -> likelihood parameters of `modality`; x: the preprocessed data (B, *shape) for the loss.
     """
     with torch.no_grad():
@@ -239,7 +315,9 @@ def part_gradient_norms(
         squares = _sum_trailing(tangents.pop(0).pow(2).sum(0), 1 + len(modality.model_shape))  # (B, *shape)
         result["jacobian"] = modality.to_parts(squares).clamp_min(0).sqrt()
     if "loss" in modes:
-        result["loss"] = tangents.pop(0).pow(2).sum(0).sqrt()
+        loss_tangents = tangents.pop(0)  # (F, B, P)
+        result["loss"] = loss_tangents.pow(2).sum(0).sqrt()
+        result["loss_term"] = loss_tangents.sum(2).pow(2).sum(0).sqrt()
     return result
 
 
@@ -248,9 +326,13 @@ def _chunk_size(feature_dim: int, per_sample: int, budget: int) -> int:
 
 
 def feature_attributions(
-    model: MultimodalModel, enc: Encoded, factor: str, settings: AttributionSettings
+    model: MultimodalModel, enc: Encoded, factor: str, settings: AttributionSettings,
+    term_gradients: dict[str, Tensor] | None = None,
 ) -> dict[str, dict[str, Tensor]]:
-    """{m: {"<factor>/<mode>": (B, P)}} for factor "joint" (w.r.t. F_y) or "private" (w.r.t. each F_m)."""
+    """{m: {"<factor>/<mode>": (B, P)}} for factor "joint" (w.r.t. F_y) or "private" (w.r.t. each F_m).
+
+    With loss mode and a `term_gradients` dict, also fills term_gradients[m] = (B,) ‖∂ℓ_m/∂F‖ of the
+    whole loss term (0 where m is absent)."""
     if factor not in ("joint", "private"):
         raise ValueError(f"factor must be 'joint' or 'private', got {factor!r}")
     out: dict[str, dict[str, Tensor]] = {}
@@ -263,6 +345,7 @@ def feature_attributions(
         per_sample = 2 * math.prod(modality.model_shape)  # reconstruction and loss tangents
         step = _chunk_size(f_all.shape[1], per_sample, settings.max_chunk_elements)
         pieces: dict[str, list[Tensor]] = {mode: [] for mode in settings.modes}
+        terms: list[Tensor] = []
         for lo in range(0, n, step):
             sl = slice(lo, lo + step)
             fy, x = enc.f_joint[sl], enc.inputs[m][sl]
@@ -274,9 +357,15 @@ def feature_attributions(
             else:
                 decode = lambda f, fy=fy, cond=cond: decode_from_features(model, m, fy, f, cond)  # noqa: E731
                 f = fm
-            for mode, value in part_gradient_norms(modality, decode, f, x, settings.modes).items():
+            norms = part_gradient_norms(modality, decode, f, x, settings.modes)
+            if "loss_term" in norms:
+                terms.append(norms.pop("loss_term"))
+            for mode, value in norms.items():
                 pieces[mode].append(value)
         absent = ~enc.present[m]
+        if terms and term_gradients is not None:
+            term = torch.cat(terms)
+            term_gradients[m] = torch.where(absent, torch.zeros_like(term), term)
         out[m] = {}
         for mode, values in pieces.items():
             value = torch.cat(values)
@@ -420,11 +509,18 @@ def deletion_curves(
     repeats: int,
     generator: torch.Generator,
     score_name: str = "",
+    reference: float | None = None,
+    min_area: float = 1e-3,
+    bootstrap: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
 ) -> list[DeletionCurve]:
-    """Mean degradation after zeroing the top-ranked parts (per ranking) vs random parts (shared by all rankings).
+    """Degradation after zeroing the top-ranked parts (per ranking) vs random parts (shared by all rankings).
 
     x: (B, *shape) preprocessed; rankings: {name: (B, P)}, larger = more important;
     score: masked x stacked O times along the batch (O*B, *shape) -> degradation per row (O*B,).
+    Every curve keeps each sample's area per order, and the bootstrap interval (`ratio_interval`, seeded
+    with `seed`) of area(top) / area(random) when the random area exceeds min_area x |reference|.
     """
     n, p = next(iter(rankings.values())).shape
     tops = [r.argsort(dim=1, descending=True, stable=True) for r in rankings.values()]
@@ -432,15 +528,25 @@ def deletion_curves(
     orders = torch.cat([*tops, *randoms])  # (O*B, P), O = len(rankings) + repeats
     count = len(tops) + repeats
     tiled = _tile(x, count)
-    top, rand = [], []
+    rows = []
     with torch.no_grad():
         for frac in fractions:
             mask = parts_to_elements(modality, _order_mask(orders, int(round(frac * p))), tiled.shape)
-            per_order = score(torch.where(mask, torch.zeros_like(tiled), tiled)).view(count, n).mean(1)
-            top.append(per_order[: len(tops)].tolist())
-            rand.append(per_order[len(tops) :].mean().item())
+            rows.append(score(torch.where(mask, torch.zeros_like(tiled), tiled)).view(count, n).double().cpu())
     fr = [float(f) for f in fractions]
-    return [DeletionCurve(score_name, name, fr, [row[j] for row in top], rand) for j, name in enumerate(rankings)]
+    per_sample = torch.stack(rows).numpy()  # (fractions, O, B)
+    areas = np.trapezoid(per_sample, fr, axis=0)  # (O, B)
+    means = per_sample.mean(2)  # (fractions, O)
+    random_mean = means[:, len(tops):].mean(1).tolist()
+    random_areas = areas[len(tops):]  # (repeats, B)
+    curves = []
+    for j, name in enumerate(rankings):
+        curve = DeletionCurve(score_name, name, fr, means[:, j].tolist(), random_mean, areas[j].tolist(),
+                              random_areas.tolist(), reference, min_area, None, confidence, bootstrap)
+        if curve.comparable:
+            curve.ci = ratio_interval(areas[j], random_areas.mean(0), bootstrap, confidence, seed)
+        curves.append(curve)
+    return curves
 
 
 def deletion_tests(
@@ -492,27 +598,42 @@ def deletion_tests(
         with torch.no_grad():
             base_recon = recon_loss(x_m)
         fr, reps = settings.deletion_fractions, settings.deletion_repeats
+        stats = {"min_area": settings.deletion_min_area, "bootstrap": settings.deletion_bootstrap,
+                 "confidence": settings.deletion_confidence, "seed": settings.seed}
         curves = []
         if target is not None and "ig/label" in maps[m]:
             ranking = {"ig/label": maps[m]["ig/label"][keep]}
-            curves += deletion_curves(label_drop, modality, x_m, ranking, fr, reps, generator, "label_logit")
+            reference = float(base_logit[keep].abs().mean())  # the unmasked target logit
+            curves += deletion_curves(label_drop, modality, x_m, ranking, fr, reps, generator, "label_logit",
+                                      reference, **stats)
         rankings = {k: maps[m][k][keep] for k in ("joint/loss", "joint/jacobian", "ig/joint") if k in maps[m]}
         if rankings:
-            curves += deletion_curves(recon_rise, modality, x_m, rankings, fr, reps, generator, "recon_from_joint")
+            reference = float(base_recon.abs().mean())  # the unmasked −log p(x_m | F_y, F_m) per part
+            curves += deletion_curves(recon_rise, modality, x_m, rankings, fr, reps, generator, "recon_from_joint",
+                                      reference, **stats)
         result[m] = curves
     return result
 
 
 # --- the whole pass -----------------------------------------------------------------------------------
-def attribute(model: MultimodalModel, batch: dict, settings: AttributionSettings | None = None) -> AttributionResult:
-    """Every attribution of `settings` for one batch (see the module docstring)."""
+def attribute(model: MultimodalModel, batch: dict, settings: AttributionSettings | None = None,
+              term_weights: dict[str, float] | None = None, term_weights_source: str | None = None) -> AttributionResult:
+    """Every attribution of `settings` for one batch (see the module docstring).
+
+    term_weights: w_m, the weight of recon/<m> in the training loss (see `reconstruction_term_weights`);
+    without it the family's size corrections (`term_scales`) alone are used and the source says so."""
     settings = settings or AttributionSettings()
+    if term_weights is None:
+        term_weights, term_weights_source = reconstruction_term_weights(model), (
+            "family term scales only (no loss config given: loss.weights taken as 1)")
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
     enc = encode_means(model, batch)
     maps: dict[str, dict[str, Tensor]] = {m: {} for m in model.names}
+    term_gradients: dict[str, Tensor] = {}
     for factor in ["joint", "private"] if settings.private else ["joint"]:
-        for m, kinds in feature_attributions(model, enc, factor, settings).items():
+        grads = term_gradients if factor == "joint" else None
+        for m, kinds in feature_attributions(model, enc, factor, settings, grads).items():
             maps[m].update(kinds)
         seconds[factor] = time.perf_counter() - clock
         clock = time.perf_counter()
@@ -545,7 +666,22 @@ def attribute(model: MultimodalModel, batch: dict, settings: AttributionSettings
     return AttributionResult(
         names=list(model.names), kinds=kinds, maps=maps, inputs=enc.inputs, recon=recon, present=enc.present,
         labels=labels, predicted=predicted, target=target, completeness=completeness, deletion=deletion, seconds=seconds,
+        term_gradients=term_gradients, term_weights={m: float(term_weights.get(m, 1.0)) for m in model.names},
+        term_weights_source=term_weights_source or "given by the caller",
     )
+
+
+def reconstruction_term_weights(model: MultimodalModel, loss_cfg=None, step: int | None = None) -> dict[str, float]:
+    """w_m = loss.weights schedule of recon/<m> at `step` (1 without a config) x the family's term scale."""
+    from mmvae.losses import configured_weight
+
+    scales = model.term_scales()
+    weights = {}
+    for m in model.names:
+        name = f"recon/{m}"
+        configured = 1.0 if loss_cfg is None else configured_weight(loss_cfg, name, step or 0)
+        weights[m] = float(configured) * float(scales.get(name, 1.0))
+    return weights
 
 
 # --- normalisation for display ------------------------------------------------------------------------
@@ -555,8 +691,45 @@ def shares(values: Tensor) -> Tensor:
     return torch.where(total > 0, values / total.clamp_min(1e-30), torch.zeros_like(values))
 
 
-def modality_shares(result: AttributionResult, kind: str) -> dict[str, Tensor]:
-    """Each modality's part of the total absolute attribution of `kind`, per sample: {m: (B,)}."""
+# Why a kind has no cross-modality share (shown in the report and kept in the JSON).
+NO_SHARE_REASON = {
+    "jacobian": "Jacobian-mode norms are in each modality's data units (pixel intensity, waveform amplitude, "
+                "token probability), so adding them across modalities mixes units: no cross-modality share.",
+    "private": "each private factor F_m is a different vector, so its gradients are not comparable across modalities.",
+}
+
+
+def share_basis(kind: str) -> str | None:
+    """How a kind's cross-modality share is computed, or None when it has none (see NO_SHARE_REASON)."""
+    if kind == "joint/loss":
+        return "w_m ‖∂ℓ_m/∂F_y‖ of the modality's whole weighted loss term (nats per unit of F_y)"
+    if kind in SIGNED_KINDS:
+        return "Σ_t |IG_t| over the modality's parts (units of the explained scalar; IG is additive over inputs)"
+    return None
+
+
+def no_share_reason(kind: str) -> str:
+    return NO_SHARE_REASON["private" if kind.startswith("private/") else "jacobian"]
+
+
+def loss_term_shares(term_gradients: dict[str, Tensor], weights: dict[str, float]) -> dict[str, Tensor]:
+    """{m: (B,)} w_m g_m / Σ_k w_k g_k for whole-term gradient norms g_m (B,); 0 where the total is 0."""
+    weighted = {m: g.abs() * float(weights.get(m, 1.0)) for m, g in term_gradients.items()}
+    total = torch.stack(list(weighted.values())).sum(0)
+    return {m: torch.where(total > 0, w / total.clamp_min(1e-30), torch.zeros_like(w)) for m, w in weighted.items()}
+
+
+def modality_shares(result: AttributionResult, kind: str) -> dict[str, Tensor] | None:
+    """Each modality's share of `kind` per sample, {m: (B,)}, or None where no share is comparable.
+
+    joint/loss: from the whole loss terms (`loss_term_shares`); IG kinds: each modality's part of Σ |IG|;
+    Jacobian and private kinds: None (`no_share_reason`)."""
+    if share_basis(kind) is None:
+        return None
+    if kind == "joint/loss":
+        if set(result.term_gradients) != set(result.names):
+            return None
+        return loss_term_shares(result.term_gradients, result.term_weights)
     totals = {m: result.maps[m][kind].abs().sum(1) for m in result.names}
     overall = torch.stack(list(totals.values())).sum(0).clamp_min(1e-30)
     return {m: t / overall for m, t in totals.items()}

@@ -16,6 +16,7 @@ from mmvae.interpret import (
     deletion_curves,
     encode_means,
     integrated_gradients,
+    loss_term_shares,
     part_gradient_norms,
     parts_to_elements,
     shares,
@@ -147,6 +148,9 @@ def test_part_norms_match_autograd_jacobian(cls, shape, likelihood, options):
         torch.testing.assert_close(ours["jacobian"][b], expected_jac, rtol=1e-9, atol=1e-12)
         tol = {"rtol": 1e-5, "atol": 1e-7} if likelihood == "categorical" else {"rtol": 1e-9, "atol": 1e-12}
         torch.testing.assert_close(ours["loss"][b], expected_loss, check_dtype=False, **tol)  # categorical: float32
+        whole = lambda z, b=b: loss(z, b).sum()  # noqa: E731  the modality's whole loss term
+        expected_term = torch.autograd.functional.jacobian(whole, f[b]).norm()
+        torch.testing.assert_close(ours["loss_term"][b], expected_term, check_dtype=False, **tol)
 
 
 def test_parts_to_elements_is_the_adjoint_grouping():
@@ -213,6 +217,74 @@ def test_deletion_prefers_a_correct_ranking_over_random():
     assert right.top[-1] == right.random[-1] == 2.0  # everything masked: both orders agree
 
 
+def test_deletion_interval_passes_a_planted_signal_and_not_a_random_ranking():
+    """Known answer: only parts 2 and 5 matter. The right ranking's interval lies above 1 (pass); a random
+    ranking (negative control) gets an interval containing 1 and is not a pass."""
+    vec = _modality(Vector, [10], "gaussian")
+    torch.manual_seed(3)
+    n, planted = 64, [2, 5]
+    x = torch.rand(n, 10) + 0.5
+
+    def score(masked):
+        reps = masked.shape[0] // n
+        return (x.repeat(reps, 1) - masked)[:, planted].sum(1)
+
+    right = torch.zeros(n, 10)
+    right[:, planted] = 1.0
+    noise = torch.rand(n, 10, generator=torch.Generator().manual_seed(7))
+    good, control = deletion_curves(score, vec, x, {"right": right, "random": noise}, [i / 10 for i in range(11)],
+                                    8, torch.Generator().manual_seed(0), "test", reference=float(score(0 * x).mean()))
+    assert good.verdict == "pass" and good.ci[0] > 1.5 and good.ci[0] <= good.area_ratio <= good.ci[1]
+    assert control.ci[0] < 1 < control.ci[1] and control.verdict == "fail"
+    assert 0.8 < control.area_ratio < 1.2
+    assert good.samples == control.samples == n and good.repeats == 8
+    assert len(good.random_areas) == 8 and len(good.random_areas[0]) == n
+    # The interval is seeded: the same inputs give the same interval.
+    again = deletion_curves(score, vec, x, {"right": right}, [i / 10 for i in range(11)], 8,
+                            torch.Generator().manual_seed(0), "test", reference=float(score(0 * x).mean()))[0]
+    assert again.ci == good.ci
+
+
+def test_deletion_with_areas_too_small_against_the_unmasked_score_is_na():
+    vec = _modality(Vector, [10], "gaussian")
+    x = torch.rand(16, 10) + 0.5
+
+    def tiny(masked):  # masking changes the score by ~1e-7 of an unmasked score of about 1
+        reps = masked.shape[0] // x.shape[0]
+        return 1e-7 * (x.repeat(reps, 1) - masked)[:, :3].sum(1)
+
+    ranking = torch.zeros(16, 10)
+    ranking[:, :3] = 1.0
+    (curve,) = deletion_curves(tiny, vec, x, {"r": ranking}, [i / 10 for i in range(11)], 4,
+                               torch.Generator().manual_seed(0), "test", reference=1.0)
+    assert curve.area_top > curve.area_random > 0  # the old code called this ratio (> 1) a pass
+    assert curve.area_ratio is None and curve.ci is None and curve.verdict == "n/a"
+
+
+def test_loss_shares_compare_whole_loss_terms_not_part_counts():
+    """Two modalities with 4 and 16 parts whose whole loss terms have the same gradient g with respect to F_y
+    get equal shares; summing per-part norms (the old share) would give the 16-part modality more."""
+    f_dim, n = 3, 2
+    a, b = _modality(Vector, [4], "laplace"), _modality(Vector, [16], "laplace")
+    g, v = torch.tensor([1.0, 2.0, -1.0]), torch.tensor([2.0, -1.0, 0.0])  # v ⟂ g
+    w_a = (g / 4).expand(4, f_dim)
+    w_b = g / 16 + torch.tensor([(-1.0) ** t for t in range(16)])[:, None] * v  # the ±v parts cancel in the sum
+    f = torch.randn(n, f_dim)
+    norms = {}
+    for name, mod, w in (("a", a, w_a), ("b", b, w_b)):
+        x = torch.full((n, w.shape[0]), -100.0)  # x below the mean everywhere: ∂ℓ_t/∂x̂_t = 1 / scale
+        norms[name] = part_gradient_norms(mod, lambda z, w=w: z @ w.T, f, x, ("loss",))
+    torch.testing.assert_close(norms["a"]["loss_term"], norms["b"]["loss_term"])
+    torch.testing.assert_close(norms["a"]["loss_term"], (g.norm() / a.likelihood.scale).expand(n))
+    equal = loss_term_shares({m: v["loss_term"] for m, v in norms.items()}, {"a": 1.0, "b": 1.0})
+    torch.testing.assert_close(equal["a"], torch.full((n,), 0.5))
+    torch.testing.assert_close(equal["b"], torch.full((n,), 0.5))
+    old_a = norms["a"]["loss"].sum(1) / (norms["a"]["loss"].sum(1) + norms["b"]["loss"].sum(1))
+    assert (old_a < 0.2).all()  # what the per-part sum made of it
+    weighted = loss_term_shares({m: v["loss_term"] for m, v in norms.items()}, {"a": 2.0, "b": 1.0})
+    torch.testing.assert_close(weighted["a"], torch.full((n,), 2 / 3))
+
+
 def test_shares_and_settings_validation():
     s = shares(torch.tensor([[1.0, -3.0], [0.0, 0.0]]))
     torch.testing.assert_close(s, torch.tensor([[0.25, -0.75], [0.0, 0.0]]))
@@ -273,7 +345,8 @@ def test_attribute_command_writes_a_self_contained_deterministic_report(trained_
 
     args = ["attribute", str(trained_run), "--samples", "8", "--show", "3", "--seed", "5", "--ig-steps", "16"]
     assert main([*args, "--out", str(tmp_path / "a")]) == 0
-    assert "wrote" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "wrote" in out
     assert main([*args, "--out", str(tmp_path / "b")]) == 0
     page = (tmp_path / "a" / "report.html").read_text()
     assert page.startswith("<!DOCTYPE html>") and "data:image/png;base64," in page
@@ -287,6 +360,31 @@ def test_attribute_command_writes_a_self_contained_deterministic_report(trained_
     sample = doc["samples"][0]["modalities"]
     assert len(sample["bars"]["raw"]["joint/loss"]) == 256 and len(sample["wave"]["raw"]["joint/jacobian"]) == 32
     assert abs(sum(sample[m]["share"]["joint/loss"] for m in sample) - 1) < 1e-6
+    # Shares: loss mode from the weighted whole loss terms; Jacobian mode has none, with a reason.
+    summary = doc["summary"]
+    assert "joint/jacobian" not in sample["bars"]["share"] and "joint/jacobian" in summary["no_modality_share"]
+    weights = summary["loss_term_weights"]["weights"]
+    assert weights == {"bars": pytest.approx(32 / 256), "wave": 1.0}  # recon_weight auto: smallest / size
+    weighted = {m: weights[m] * sample[m]["loss_term_gradient"] for m in sample}
+    assert sample["bars"]["share"]["joint/loss"] == pytest.approx(weighted["bars"] / sum(weighted.values()), rel=1e-5)
+    # Deletion: every curve carries its interval, its counts and a verdict that needs the interval above 1.
+    for curve in (c for curves in summary["deletion"].values() for c in curves):
+        assert curve["samples"] == 8 and curve["random_repeats"] == AttributionSettings().deletion_repeats
+        assert curve["verdict"] in ("pass", "fail", "n/a") and curve["faithful"] == (curve["verdict"] == "pass")
+        if curve["verdict"] == "n/a":
+            assert curve["ci"] is None and curve["area_random"] <= curve["area_floor"]
+        else:
+            low, high = (float("-inf") if curve["ci"][0] is None else curve["ci"][0],
+                         float("inf") if curve["ci"][1] is None else curve["ci"][1])  # None: unbounded
+            assert low <= curve["area_ratio"] <= high
+            assert (curve["verdict"] == "pass") == (low > 1)
+    # The console prints every verdict with its interval.
+    lines = [line for line in out.splitlines() if line.startswith("deletion ")]
+    assert len(lines) == sum(len(c) for c in summary["deletion"].values())
+    assert all("% CI [" in line or ": n/a (" in line for line in lines)
+    # The page: colour key before the maps (class means, samples), provenance folded away at the end.
+    assert page.index("Colour key") < page.index("Mean maps per class") < page.index("Sample 0")
+    assert page.index("<details>") < page.index("run_dir") and "</details>" in page
     assert all(c["ok"] for c in doc["summary"]["completeness"].values())
     assert {c["ranking"] for c in doc["summary"]["deletion"]["bars"]} == {"ig/label", "joint/loss", "joint/jacobian", "ig/joint"}
     # Same seed, same bytes.
