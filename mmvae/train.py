@@ -34,17 +34,18 @@ from mmvae import distributed
 from mmvae.checkpoint import (
     CheckpointError,
     check_state_dict_compatible,
-    load_latest,
     restore_rng_state,
     rng_state_to_json,
     save_checkpoint,
 )
+from mmvae.checkpoint_schema import load_valid_checkpoint  # issue 15
 from mmvae.config import ExperimentConfig, config_to_yaml
 from mmvae.data.loader import ShuffledBatches, build_loader
 from mmvae.data.registry import build_sources
 from mmvae.data.source import BatchSource, batch_to
 from mmvae.losses import compute_loss
 from mmvae.model import FactorizedMultimodalVAE
+from mmvae.runlock import RunLock  # issue 15
 from mmvae.tracking import Tracker
 
 # Config sections that may change between a run and its resumption without breaking exactness.
@@ -127,7 +128,8 @@ class Trainer:
     """Holds the pieces of one run; `fit()` trains until the configured number of steps."""
 
     def __init__(self, config: ExperimentConfig, run_dir: Path, resume: bool = False, compile_mode: str | None = None,
-                 sources: tuple[BatchSource, BatchSource] | None = None):
+                 sources: tuple[BatchSource, BatchSource] | None = None,
+                 lock: RunLock | None = None, on_corrupt: str = "fallback"):  # issue 15
         """`compile_mode` goes to torch.compile when train.compile is set (None: its default mode);
         `sources` = (train, test) replaces the sources named by config.data (benchmarks, tests)."""
         self.config, self.run_dir = config, Path(run_dir)
@@ -178,6 +180,9 @@ class Trainer:
         # bookkeeping lives on the device too, so the hot path never synchronises with the host.
         self.log_names: list[str] | None = None
         self._first_bad: Tensor | None = None  # (terms,) long: first step at which each term was non-finite, or -1
+        # issue 15: one writer per run folder. Rank 0 takes the lock (it creates the folder), every rank gets its verdict.
+        self.lock, self.on_corrupt, self.fell_back_from = lock or RunLock(self.run_dir), on_corrupt, []
+        distributed.decide_on_main(self.lock.acquire)
         if self.env.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -230,9 +235,9 @@ class Trainer:
 
     def _load_for_resume(self):
         """Rank 0: the newest verified checkpoint, checked against this run's config, world size and shapes."""
-        ckpt = load_latest(self.run_dir)
-        if ckpt is None:
-            raise FileNotFoundError(f"--resume: no checkpoint found in {self.run_dir / 'checkpoints'}")
+        # issue 15: newest checkpoint whose contents pass checkpoint_schema (else an older one, or a one-line refusal).
+        ckpt = load_valid_checkpoint(self.run_dir, self.model, self.optimizer, self.on_corrupt, writer=True,
+                                     steps_per_epoch=self.steps_per_epoch, config=self.config, world_size=self.env.world_size)
         _check_resumable(ckpt.state["config"], self.config, ckpt.path)
         if ckpt.state["world_size"] != self.env.world_size:
             raise CheckpointError(
@@ -245,6 +250,7 @@ class Trainer:
         # Only rank 0 reads the run folder (other nodes need not share a filesystem); every rank then
         # loads the same tensors, or raises the same error.
         ckpt = distributed.decide_on_main(self._load_for_resume)
+        self.fell_back_from = ckpt.fell_back_from  # issue 15: reported in the summary
         self.model.load_state_dict(ckpt.tensors["model"])
         optimizer_from_tensors(self.optimizer, ckpt.tensors["optimizer"], ckpt.state["optimizer"])
         self.position = Position(**ckpt.state["position"])
@@ -414,6 +420,7 @@ class Trainer:
             "seconds": time.time() - started,
             "steps_this_session": pos.step - start_step,
             "finished": pos.step >= self.total_steps,
+            "fell_back_from": self.fell_back_from,  # issue 15: newer checkpoints rejected at resume ([] if none)
             **eval_metrics,
         }
         if self.env.is_main:
@@ -443,11 +450,14 @@ def load_latest_exists(run_dir: Path) -> bool:
     return ckpt_dir.is_dir() and any(p.name.startswith("step_") and ".tmp" not in p.name for p in ckpt_dir.iterdir())
 
 
-def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = False, stop_at_step: int | None = None) -> dict:
+def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = False, stop_at_step: int | None = None,
+          on_corrupt: str = "fallback") -> dict:  # issue 15: on_corrupt
     """Train one run; returns the summary. The process group is torn down on exit."""
     run_dir = Path(run_dir) if run_dir else Path(config.out_dir) / config.name
+    lock = RunLock(run_dir)  # issue 15: taken by Trainer on rank 0, released here however training ends
     try:
-        trainer = Trainer(config, run_dir, resume=resume)
+        trainer = Trainer(config, run_dir, resume=resume, lock=lock, on_corrupt=on_corrupt)  # issue 15: lock, on_corrupt
         return trainer.fit(stop_at_step=stop_at_step)
     finally:
+        lock.release()  # issue 15
         distributed.teardown()
