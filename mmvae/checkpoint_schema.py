@@ -20,7 +20,8 @@ Checked (every failure is one CheckpointError line naming the file and the probl
 - optimiser tensors `"{param_index}.{name}"`: indices within the model's parameters, the same state names
   for every parameter (AdamW: step, exp_avg, exp_avg_sq), moments of the parameter's shape and dtype,
   finite, exp_avg_sq >= 0, step a scalar in [0, position.step]; param groups equal in number, parameter
-  lists and hyper-parameter keys and kinds to the live optimiser's.
+  lists and hyper-parameter keys to the live optimiser's, betas and weight decay equal to the checkpoint's own
+  config, the optimiser's own settings (eps, flags) equal to the live ones, lr finite and >= 0.
 
 `load_valid_checkpoint` applies this to every candidate of `checkpoint.load_newest`, so a checkpoint
 that fails is handled like a corrupt one: skipped for an older one (`on_corrupt="fallback"`) or refused.
@@ -154,6 +155,15 @@ def _json_kind_matches(saved: Any, live: Any) -> bool:
     return True
 
 
+def _normalise(value: Any) -> Any:
+    """JSON view of a hyper-parameter (tuples as lists, ints as floats) for comparisons."""
+    if isinstance(value, (list, tuple)):
+        return [_normalise(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
 def _expected_state_names(optimizer: torch.optim.Optimizer | None) -> set[str] | None:
     if isinstance(optimizer, (torch.optim.Adam, torch.optim.AdamW)):
         names = {"step", "exp_avg", "exp_avg_sq"}
@@ -221,6 +231,8 @@ def _check_param_groups(ckpt: Checkpoint, n_params: int, optimizer: torch.optim.
                                   f"the model has {n_params}")
         return
     live_groups = optimizer.state_dict()["param_groups"]
+    saved_train = ckpt.state["config"].get("train") if isinstance(ckpt.state["config"].get("train"), dict) else {}
+    config_values = {k: saved_train[k] for k in ("betas", "weight_decay") if k in saved_train}
     if len(saved_groups) != len(live_groups):
         raise CheckpointError(f"{where}: optimizer.param_groups has {len(saved_groups)} group(s), the optimiser "
                               f"{len(live_groups)}")
@@ -237,6 +249,14 @@ def _check_param_groups(ckpt: Checkpoint, n_params: int, optimizer: torch.optim.
             if key != "params" and not _json_kind_matches(saved[key], value):
                 raise CheckpointError(f"{where}: optimizer.param_groups[{g}].{key} is {short_repr(saved[key])}, "
                                       f"expected a value like {short_repr(value)}")
+        for key, value in live.items():  # hyper-parameters from the config must match the saved config
+            want = config_values.get(key, value)  # the rest are the optimiser's own settings (eps, flags)
+            if key not in ("params", "lr") and _normalise(saved[key]) != _normalise(want):
+                source = "its config" if key in config_values else "this optimiser"
+                raise CheckpointError(f"{where}: optimizer.param_groups[{g}].{key} is {short_repr(saved[key])}, "
+                                      f"{source} says {short_repr(_normalise(want))}")
+        if saved["lr"] < 0:
+            raise CheckpointError(f"{where}: optimizer.param_groups[{g}].lr is negative ({saved['lr']})")
 
 
 def _check_optimizer_tensors(ckpt: Checkpoint, params: list[torch.Tensor], step: int,
