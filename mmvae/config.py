@@ -147,6 +147,8 @@ def _format_validation_error(err: ValidationError, source: str, max_lines: int =
         key = ".".join(safe_yaml.short_repr(p, 40, quote=False) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{key}'")
+        elif not e["loc"]:  # a whole-config check (model_validator): its message names the keys
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"  key '{key}': {e['msg']} (got {safe_yaml.short_repr(e.get('input'))})")
     return "\n".join(lines)

@@ -24,6 +24,7 @@ BASE_OVERRIDES = ("train.epochs=2",)  # 16 steps, checkpoints at 8 and 16
 
 def make_base_run(base: Path) -> tuple[Path, Path]:
     """A finished tiny run (checkpoints at steps 8 and 16) and its config file: (config.yaml path, run dir)."""
+    base.mkdir(parents=True, exist_ok=True)
     config = base / "tiny.yaml"
     config.write_text(config_to_yaml(tiny_config(base, BASE_OVERRIDES)))
     train(tiny_config(base, BASE_OVERRIDES), base / "run")
