@@ -276,8 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # issue 15: disk full, permissions, ... in one line (exit 2)
         print(f"mmvae {args.command}: error: {_os_error_line(exc, args)}", file=sys.stderr)
         return 2
-    except MemoryError:  # issue 15
-        print(f"mmvae {args.command}: error: out of memory; reduce the sizes in the config or the options", file=sys.stderr)
+    except (MemoryError, RuntimeError) as exc:  # issue 15: running out of memory (host or device) in one line
+        text = str(exc)
+        if not isinstance(exc, MemoryError) and "out of memory" not in text and "can't allocate memory" not in text:
+            raise
+        where = "GPU" if "CUDA" in text or "cuda" in text else "host"
+        print(f"mmvae {args.command}: error: out of {where} memory ({text.splitlines()[0][:120] if text else 'MemoryError'}); "
+              "reduce the sizes in the config or the options", file=sys.stderr)
         return 2
 
 

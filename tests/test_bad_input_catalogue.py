@@ -346,3 +346,17 @@ def test_bad_input_exits_2_with_one_clear_line_and_writes_nothing(c, base, tmp_p
     if lock:
         after["run"] = {k: v for k, v in (after["run"] or {}).items() if k != ".lock"}
     assert after == watched, "files were written, changed or removed"
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_passes_the_preflight(path):
+    from mmvae.config import load_config
+    from mmvae.preflight import check_train, count_parameters
+
+    cfg = load_config(path, ["train.device=auto"])
+    check_train(cfg, None, resume=False)
+    if cfg.data.name == "toy":
+        from mmvae.model import FactorizedMultimodalVAE
+
+        real = sum(p.numel() for p in FactorizedMultimodalVAE(cfg.model).parameters())
+        assert count_parameters(cfg)[0] == real  # the meta-device count is the real one

@@ -276,3 +276,21 @@ def test_byte_flip_in_state_json_with_recomputed_manifest(run, tmp_path):
     rewrite_bytes(newest, "state.json", lambda b: b.replace(b'"world_size": 1', b'"world_size": "1"'))
     with pytest.raises(CheckpointError, match=r"key 'world_size': Input should be a valid integer"):
         train(_cfg(tmp_path), run, resume=True)
+
+
+def test_the_command_line_warns_in_one_line_and_reports_the_fallback(base, run, tmp_path, capsys):
+    from mmvae.cli import main
+
+    rewrite_state(step_folder(run, 16), _set("rng", []))
+    assert main(["evaluate", str(run), "--iwae-samples", "0", "--out", str(tmp_path / "eval")]) == 0
+    err = capsys.readouterr().err
+    warning = [line for line in err.splitlines() if line.startswith("mmvae evaluate: warning:")]
+    assert len(warning) == 1 and "step_00000016/state.json: key 'rng'" in warning[0] and "(step 8)" in warning[0]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    assert metrics["step"] == 8 and "step_00000016/state.json" in metrics["fell_back_from"][0]
+
+    assert main(["train", str(base[0]), "--run-dir", str(run), "--resume"]) == 0
+    out, err = capsys.readouterr()
+    assert "mmvae train: warning: the newest checkpoint was rejected" in err and "resumed from step 8" in err
+    summary = json.loads(out[out.index("{"):])
+    assert summary["steps_this_session"] == 8 and "step_00000016/state.json" in summary["fell_back_from"][0]

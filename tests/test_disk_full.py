@@ -83,3 +83,22 @@ def test_a_full_disk_outside_the_checkpoints_is_one_line_too(tmp_path, monkeypat
     assert code == 2 and "Traceback" not in err
     assert _last_line(err) == (f"mmvae train: error: no space left on the device while writing {tmp_path / 'run'}; "
                                "free some space and rerun with --resume (the last checkpoint is intact)")
+
+
+@pytest.mark.parametrize("error", [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB"),
+                                   RuntimeError("[enforce fail at alloc_cpu.cpp:121] DefaultCPUAllocator: can't allocate memory")])
+def test_running_out_of_memory_is_one_line(tmp_path, monkeypatch, capsys, error):
+    import mmvae.train
+
+    def oom(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(mmvae.train, "train", oom)
+    from mmvae.config import config_to_yaml
+
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(config_to_yaml(tiny_config(tmp_path)))
+    assert main(["train", str(cfg), "--run-dir", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and _last_line(err).startswith("mmvae train: error: out of ")
+    assert "memory" in _last_line(err)
