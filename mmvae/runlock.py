@@ -14,8 +14,9 @@ never modify the run folder, so they may run beside a live training.
 Notes:
 - The descriptor is opened close-on-exec, so programs the trainer starts (wandb's service) do not inherit
   the lock; forked children (DataLoader workers) do share it until they exit, which they do with the trainer.
-- On file systems without `flock` (some network or FUSE mounts) the lock falls back to the pid file alone:
-  a live pid on this host blocks, anything else is taken over. That fallback is weaker (two writers that
+- On file systems without `flock` (some network or FUSE mounts), and without `fcntl` (Windows), the lock falls
+  back to the pid file alone: a live pid on this host, or any pid of another host, blocks (remove the file if
+  that training is gone); a dead pid on this host is taken over. That fallback is weaker (two writers that
   start in the same instant can both pass) and is logged as a warning.
 - Under DDP only rank 0 takes the lock (`Trainer` asks rank 0 and hands its verdict to every rank).
 """
@@ -23,13 +24,17 @@ Notes:
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import logging
 import os
 import socket
 import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX (Windows): the pid-file fallback below
+    fcntl = None
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +158,8 @@ class RunLock:
 
     def _open(self) -> int:
         try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+            flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+            return os.open(self.path, flags, 0o644)
         except OSError as exc:
             self._cleanup_created_dir()
             if exc.errno == errno.ELOOP:
@@ -164,6 +170,8 @@ class RunLock:
 
     def _lock(self, fd: int) -> bool:
         """flock fd; False if the path no longer names the locked file (retry), RunLockError if held."""
+        if fcntl is None:
+            return self._pid_file_fallback(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -194,3 +194,22 @@ def test_under_ddp_rank_0_alone_takes_the_lock_and_both_ranks_hear_its_verdict(t
         refused = _torchrun_train(config, tmp_path / "run", "--resume", timeout_s=90)
     assert refused.returncode != 0
     assert refused.stderr.count("is being written by another training") >= 2, refused.stderr[-3000:]
+
+
+def test_without_flock_the_pid_file_decides(tmp_path, monkeypatch, caplog):
+    import mmvae.runlock as runlock
+
+    monkeypatch.setattr(runlock, "fcntl", None)  # as on a file system without flock, or without fcntl
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_NAME).write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname(), "started": 0}))
+    with pytest.raises(RunLockError, match=f"pid {os.getppid()} on host .*if that training is gone, remove"):
+        RunLock(run).acquire()  # a live process on this host
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (run / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "started": 0}))
+    with caplog.at_level(logging.WARNING, logger="mmvae.runlock"):
+        with RunLock(run):
+            assert _lock_pid(run) == os.getpid()
+    assert "does not support flock" in caplog.text and f"stale lock of pid {dead.pid}" in caplog.text
+    assert not (run / LOCK_NAME).exists()
