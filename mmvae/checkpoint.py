@@ -10,13 +10,18 @@ Layout of ``run_dir/checkpoints/``::
 
 Save protocol: write into ``step_X.tmp-<random>/``, fsync every file, write the manifest last, fsync, rename the
 folder to ``step_X``, fsync the parent, then point ``latest`` at it with a temp file and ``os.replace``.
-A single writer (rank 0) is assumed. Nothing here ever unpickles: tensors are read with
-``safetensors.torch.load_file`` and everything else with ``json``.
+A single writer (rank 0, holding the run folder's lock: ``mmvae.runlock``) is assumed; only it may clean
+leftovers (``clean_leftovers=True``). Readers beside a live writer pass ``clean_leftovers=False`` (``load_newest``
+does by default): they read the newest checkpoint that verifies and modify nothing. Nothing here ever
+unpickles: tensors are read with ``safetensors.torch.load_file`` and everything else with ``json``.
+A save that fails on the file system (disk full, I/O error) raises ``CheckpointSaveError`` naming the folder and
+the cause; the previous checkpoint is untouched.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import logging
@@ -26,12 +31,13 @@ import random
 import re
 import secrets
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 log = logging.getLogger(__name__)
@@ -55,6 +61,25 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, incomplete, corrupt, unsafe or incompatible."""
 
 
+class NoCheckpointError(CheckpointError):
+    """A run folder holds no checkpoint at all."""
+
+
+class CheckpointVanishedError(CheckpointError):
+    """A candidate checkpoint folder does not exist (any more): pruned by a live writer, or a dangling pointer."""
+
+
+class CheckpointSaveError(CheckpointError):
+    """Writing a checkpoint failed on the file system (disk full, I/O error); the previous one is intact."""
+
+    def __init__(self, message: str, errno_: int | None = None):
+        super().__init__(message)
+        self.errno = errno_
+
+
+ON_CORRUPT = ("fallback", "error")  # what load_newest does when the newest checkpoint is unusable
+
+
 @dataclass
 class Checkpoint:
     """A loaded and verified checkpoint."""
@@ -63,6 +88,8 @@ class Checkpoint:
     step: int
     tensors: dict[str, dict[str, torch.Tensor]]
     state: dict[str, Any]
+    # Newer candidates that load_newest rejected before settling on this one: "path: reason" each.
+    fell_back_from: list[str] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -274,23 +301,79 @@ def save_checkpoint(
     state_data = _state_bytes(state)
 
     ckpt_dir = Path(run_dir) / CHECKPOINTS_DIR
-    created = not ckpt_dir.is_dir()
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if created:
-        _fsync_dir(ckpt_dir.parent)
+    _check_pointer_slot(ckpt_dir)
     final = ckpt_dir / step_dir_name(step)
     tmp = ckpt_dir / f"{final.name}{_TMP_MARK}{_token()}"
     try:
-        tmp.mkdir()
-        names = _write_payload(tmp, prepared, state_data)
-        _write_manifest(tmp, step, list(prepared), names)
-        _install(tmp, final)
-    except BaseException:
-        _best_effort_remove(tmp)
-        raise
-    _write_pointer(ckpt_dir, final.name)
-    _prune(ckpt_dir, keep_last, protect=final.name)
+        created = not ckpt_dir.is_dir()
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if created:
+            _fsync_dir(ckpt_dir.parent)
+        try:
+            tmp.mkdir()
+            names = _write_payload(tmp, prepared, state_data)
+            _write_manifest(tmp, step, list(prepared), names)
+            _install(tmp, final)
+        except BaseException:
+            _best_effort_remove(tmp)
+            raise
+        _write_pointer(ckpt_dir, final.name)
+        _prune(ckpt_dir, keep_last, protect=final.name)
+    except (OSError, SafetensorError) as exc:
+        raise _save_error(exc, final, step) from None
     return final
+
+
+def _save_error(exc: BaseException, final: Path, step: int) -> CheckpointSaveError:
+    """One line for a failed save: what ran out (or failed) and where; the previous checkpoint is intact."""
+    code = getattr(exc, "errno", None)
+    text = str(exc)
+    if code is None and ("No space left" in text or "os error 28" in text):  # safetensors' Rust I/O errors
+        code = errno.ENOSPC
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        what = "no space left on the device" if code == errno.ENOSPC else "disk quota exceeded"
+        return CheckpointSaveError(
+            f"{final}: could not save the checkpoint of step {step}: {what} holding {final.parent}; the previous "
+            "checkpoint is intact: free some space and rerun with --resume", code)
+    reason = getattr(exc, "strerror", None) or text
+    return CheckpointSaveError(f"{final}: could not save the checkpoint of step {step}: {reason}; the previous "
+                               "checkpoint is intact", code)
+
+
+def _check_pointer_slot(ckpt_dir: Path) -> None:
+    """Refuse a `latest` that is not a regular file (a folder or a symlink there would break the save at its end)."""
+    pointer = ckpt_dir / LATEST_POINTER
+    if pointer.is_symlink():
+        raise CheckpointError(f"{pointer} is a symlink; it must be the pointer file mmvae writes (remove it)")
+    if pointer.exists() and not pointer.is_file():
+        kind = "folder" if pointer.is_dir() else "special file"
+        raise CheckpointError(f"{pointer} is a {kind}, not the pointer file mmvae writes; move it out of the way")
+
+
+def check_writer_layout(run_dir: Path) -> None:
+    """Before a writer touches `run_dir`: refuse symlinks that lead outside it and a `latest` that is not a file.
+
+    The trainer writes config.yaml, metrics.jsonl, summary.json, checkpoints/... and prunes old checkpoints;
+    through a symlink to elsewhere it would write or delete outside the run folder.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    root = run_dir.resolve()
+    ckpt_dir = run_dir / CHECKPOINTS_DIR
+    entries = sorted(run_dir.iterdir())
+    if ckpt_dir.is_dir() and not ckpt_dir.is_symlink():
+        entries += sorted(ckpt_dir.iterdir())
+    for path in entries:
+        if path.is_symlink():
+            target = path.resolve()
+            if target != root and root not in target.parents:
+                raise CheckpointError(
+                    f"{path} is a symlink to {os.readlink(path)}, outside the run folder; a training would write or "
+                    "prune through it: refusing (replace it with a real file or folder)")
+    if ckpt_dir.exists() and not ckpt_dir.is_dir():
+        raise CheckpointError(f"{ckpt_dir} is not a folder; move it out of the way")
+    _check_pointer_slot(ckpt_dir)
 
 
 def _prune(ckpt_dir: Path, keep_last: int, protect: str) -> None:
@@ -368,8 +451,10 @@ def _check_manifest_entry(mpath: Path, name: Any, entry: Any) -> None:
 def verify_checkpoint(path: Path, deep: bool = True) -> dict[str, Any]:
     """Check a folder against its manifest (sizes; sha256 and state.json parse when ``deep``); return the manifest."""
     path = Path(path)
+    if path.is_symlink():
+        raise CheckpointError(f"{path}: is a symlink; mmvae never writes checkpoint folders as symlinks")
     if not path.is_dir():
-        raise CheckpointError(f"{path}: checkpoint folder does not exist")
+        raise CheckpointVanishedError(f"{path}: checkpoint folder does not exist")
     manifest = _read_manifest(path)
     files = manifest["files"]
     for name, entry in files.items():
@@ -415,9 +500,14 @@ def _load_group(fpath: Path, group: str) -> dict[str, torch.Tensor]:
 def load_checkpoint(path: Path) -> Checkpoint:
     """Verify a checkpoint folder against its manifest and load it (safetensors + JSON only)."""
     path = Path(path)
-    manifest = verify_checkpoint(path, deep=True)
-    tensors = {g: _load_group(path / (g + TENSOR_SUFFIX), g) for g in manifest["groups"]}
-    state = _load_state(path / STATE_NAME)
+    try:
+        manifest = verify_checkpoint(path, deep=True)
+        tensors = {g: _load_group(path / (g + TENSOR_SUFFIX), g) for g in manifest["groups"]}
+        state = _load_state(path / STATE_NAME)
+    except OSError as exc:  # unreadable, or removed under us by a writer's pruning
+        where = exc.filename or path
+        kind = CheckpointVanishedError if isinstance(exc, FileNotFoundError) else CheckpointError
+        raise kind(f"{where}: cannot read ({exc.strerror or exc})") from None
     return Checkpoint(path=path, step=manifest["step"], tensors=tensors, state=state)
 
 
@@ -430,7 +520,8 @@ def _step_dirs(ckpt_dir: Path) -> list[Path]:
     """Step folders in ``ckpt_dir``, newest step first."""
     if not ckpt_dir.is_dir():
         return []
-    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir() if (m := _STEP_DIR_RE.match(p.name)) and p.is_dir()]
+    found = [(int(m.group(1)), p) for p in ckpt_dir.iterdir()
+             if (m := _STEP_DIR_RE.match(p.name)) and p.is_dir() and not p.is_symlink()]
     return [p for _, p in sorted(found, key=lambda sp: sp[0], reverse=True)]
 
 
@@ -461,7 +552,9 @@ def _is_valid(path: Path) -> bool:
 def _read_pointer(ckpt_dir: Path) -> Path | None:
     """The folder named by ``latest``, or None (with a warning) if absent or malformed."""
     pointer = ckpt_dir / LATEST_POINTER
-    if not pointer.is_file():
+    if not pointer.is_file() or pointer.is_symlink():
+        if pointer.exists() or pointer.is_symlink():
+            log.warning("%s: not a regular file; falling back to step folders", pointer)
         return None
     try:
         name = pointer.read_text(encoding="ascii").strip()
@@ -510,6 +603,53 @@ def load_latest(run_dir: Path, clean_leftovers: bool = True) -> Checkpoint | Non
         except CheckpointError as exc:
             log.warning("skipping checkpoint %s: %s", path, exc)
     return None
+
+
+def load_newest(
+    run_dir: Path,
+    validate: Callable[[Checkpoint], None] | None = None,
+    on_corrupt: str = "fallback",
+    clean_leftovers: bool = False,
+) -> Checkpoint:
+    """The newest checkpoint that verifies, loads and passes ``validate`` (which raises CheckpointError to reject).
+
+    ``on_corrupt="fallback"``: a rejected candidate is skipped with a warning and the next older one tried; the
+    result's ``fell_back_from`` lists what was skipped. ``"error"``: the first rejection is raised. With no usable
+    checkpoint, the CheckpointError names the newest candidate's file and problem (NoCheckpointError if there is
+    no candidate at all). Modifies nothing unless ``clean_leftovers`` (the lock-holding writer only).
+    """
+    if on_corrupt not in ON_CORRUPT:
+        raise ValueError(f"on_corrupt must be one of {ON_CORRUPT}, got {on_corrupt!r}")
+    ckpt_dir = Path(run_dir) / CHECKPOINTS_DIR
+    for attempt in range(3):  # a reader beside a live writer: rescan if every candidate was pruned under it
+        rejected: list[str] = []
+        vanished = 0
+        for path in _candidates(run_dir, clean_leftovers and attempt == 0):
+            try:
+                ckpt = load_checkpoint(path)
+                if validate is not None:
+                    validate(ckpt)
+            except CheckpointVanishedError as exc:  # not corruption: gone (pruned), or a dangling pointer
+                log.warning("skipping checkpoint %s: %s", path, exc)
+                vanished += 1
+                continue
+            except CheckpointError as exc:
+                if on_corrupt == "error":
+                    raise CheckpointError(f"{exc} (--on-corrupt=error: not falling back to an older checkpoint)") from None
+                log.warning("skipping checkpoint %s: %s", path, exc)
+                rejected.append(str(exc) if str(path) in str(exc) else f"{path}: {exc}")
+                continue
+            ckpt.fell_back_from = rejected
+            if rejected:
+                log.warning("using the older checkpoint %s (step %d): %d newer one(s) rejected", path, ckpt.step,
+                            len(rejected))
+            return ckpt
+        if rejected or not vanished:
+            break
+    if not rejected:
+        raise NoCheckpointError(f"{ckpt_dir}: no checkpoint to load")
+    more = f" ({len(rejected) - 1} older one(s) rejected too)" if len(rejected) > 1 else ""
+    raise CheckpointError(f"no usable checkpoint in {ckpt_dir}{more}; the newest: {rejected[0]}")
 
 
 # --------------------------------------------------------------------------------------------------------------

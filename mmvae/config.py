@@ -13,12 +13,17 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = 2
+
+from mmvae import safe_yaml
+
+# Sizes: a width, a shape entry (issue 15: zero and negative sizes are refused by the config, not by torch).
+Size = Annotated[int, Field(ge=1)]
 
 
 class ConfigError(ValueError):
@@ -26,7 +31,7 @@ class ConfigError(ValueError):
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def did_you_mean(value: str, choices) -> str:
@@ -62,10 +67,10 @@ class ModalityConfig(Strict):
 
     kind: str
     role: Literal["observed", "condition"] = "observed"
-    shape: list[int] = Field(min_length=1)  # the stored shape of one sample (the modelled shape is the kind's)
+    shape: list[Size] = Field(min_length=1)  # the stored shape of one sample (the modelled shape is the kind's)
     private_dim: int = Field(default=4, ge=0)  # 0: no private factor
     private_feature_dim: int = Field(default=32, ge=1)
-    hidden: list[int] = Field(default_factory=lambda: [400])
+    hidden: list[Size] = Field(default_factory=lambda: [400])
     likelihood: Literal["gaussian", "laplace", "bernoulli", "categorical"] = "laplace"
     likelihood_scale: float = Field(default=1.0, gt=0)
     # Weight of this modality's reconstruction term; "auto" corrects for size (see model.reconstruction_weights).
@@ -78,7 +83,7 @@ class HeadConfig(Strict):
     """A head (a key of mmvae.heads.HEADS): a module reading the factors, plus its named loss terms."""
 
     kind: str
-    hidden: list[int] = Field(default_factory=lambda: [64])
+    hidden: list[Size] = Field(default_factory=lambda: [64])
     conditioned_on: list[str] = Field(default_factory=list)  # condition modalities fed to the head
     options: dict[str, Any] = Field(default_factory=dict)  # kind-specific settings, typed by the kind
 
@@ -89,14 +94,14 @@ class ModelConfig(Strict):
     joint_dim: int = Field(default=20, ge=1)
     joint_feature_dim: int = Field(default=64, ge=1)
     fusion: str = "poe"  # a key of mmvae.fusion.FUSIONS
-    fusion_hidden: list[int] = Field(default_factory=lambda: [256])
+    fusion_hidden: list[Size] = Field(default_factory=lambda: [256])
     # Training only: chance that each present modality is hidden from the joint encoder for a sample (at
     # least one stays). Every present modality is still reconstructed, so decoders learn to rebuild x_m
     # from a joint factor inferred from the other modalities: cross-reconstruction, which makes every
     # expert carry the shared factor on its own.
     joint_subset_drop: float = Field(default=0.0, ge=0, lt=1)
     num_classes: int = Field(default=10, ge=0)  # > 0: the label head "label" reads F_y; 0: no label head
-    label_hidden: list[int] = Field(default_factory=lambda: [64])
+    label_hidden: list[Size] = Field(default_factory=lambda: [64])
     heads: dict[str, HeadConfig] = Field(default_factory=dict)  # further heads, by name
 
     @field_validator("family")
@@ -232,7 +237,7 @@ class TrainConfig(Strict):
     batch_size: int = Field(default=128, ge=1)
     lr: float = Field(default=1e-3, gt=0)
     weight_decay: float = Field(default=0.0, ge=0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0, lt=1)], Annotated[float, Field(ge=0, lt=1)]] = (0.9, 0.999)
     grad_clip: float | None = Field(default=5.0, gt=0)
     schedule: Literal["constant", "cosine"] = "cosine"
     warmup_steps: int = Field(default=0, ge=0)
@@ -259,7 +264,7 @@ class LoggingConfig(Strict):
 class ExperimentConfig(Strict):
     schema_version: int = SCHEMA_VERSION
     name: str = "experiment"
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2**62)  # torch seeds must fit 64 bits, with room for per-rank offsets
     out_dir: str = "runs"
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig
@@ -354,42 +359,47 @@ def migrate_tree(tree: dict) -> dict:
     return tree
 
 
-def _short(value: Any, limit: int = 80) -> str:
-    text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"invalid config ({source}):"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<root>"
+def _format_validation_error(err: ValidationError, source: str, max_lines: int = 20) -> str:
+    # issue 15: inputs and keys are shown truncated (~80 characters), and at most `max_lines` problems are listed,
+    # so a huge or alias-expanded value can neither flood the terminal nor hang the formatter.
+    errors = err.errors(include_url=False)
+    shown = errors[:max_lines]
+    more = f"; {len(errors)} problems, the first {len(shown)} below" if len(errors) > len(shown) else ""
+    lines = [f"invalid config ({source}){more}:"]
+    for e in shown:
+        key = ".".join(safe_yaml.short_repr(p, 40, quote=False) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
             lines.append(f"  unknown key '{key}'")
+        elif not e["loc"]:  # a whole-config check (model_validator): its message names the keys
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         else:
-            lines.append(f"  key '{key}': {e['msg']} (got {_short(e.get('input'))})")
+            lines.append(f"  key '{key}': {e['msg']} (got {safe_yaml.short_repr(e.get('input'))})")
     return "\n".join(lines)
 
 
 def apply_override(tree: dict, override: str) -> None:
     """Apply one `a.b.c=value` override in place; the value is parsed as YAML (`lr=3e-4`, `hidden=[64,64]`)."""
+    shown = safe_yaml.short_repr(override)  # issue 15: never echo a huge override in full
     if "=" not in override:
-        raise ConfigError(f"override {override!r} is not of the form key=value")
+        raise ConfigError(f"override {shown} is not of the form key=value")
     key, raw = override.split("=", 1)
     parts = key.strip().split(".")
     if not all(parts):
-        raise ConfigError(f"override {override!r} has an empty key part")
+        raise ConfigError(f"override {shown} has an empty key part")
     node = tree
     for i, part in enumerate(parts[:-1]):
         child = node.get(part)
         if child is None:
             child = node[part] = {}
         if not isinstance(child, dict):
-            raise ConfigError(f"override {override!r}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
+            raise ConfigError(f"override {shown}: '{'.'.join(parts[: i + 1])}' is a value, not a section")
         node = child
     try:
-        node[parts[-1]] = yaml.safe_load(raw)
+        node[parts[-1]] = safe_yaml.load(raw)  # issue 15: alias budget, no recursive aliases, no duplicate keys
     except yaml.YAMLError as exc:
-        raise ConfigError(f"override {override!r}: value is not valid YAML ({exc})") from exc
+        raise ConfigError(f"override {shown}: value is not valid YAML ({safe_yaml.describe_error(exc)})") from None
+    except safe_yaml.YamlLimitError as exc:
+        raise ConfigError(f"override {shown}: {exc}") from None
 
 
 def config_from_dict(tree: dict, source: str = "<dict>") -> ExperimentConfig:
@@ -413,6 +423,8 @@ def resolve_config_path(arg: str | Path) -> Path:
     path = Path(arg)
     if path.is_file():
         return path
+    if path.exists():
+        raise ConfigError(f"config file {path} is not a regular file")
     shipped = shipped_configs()
     name = path.stem if path.suffix in (".yaml", ".yml") else str(arg)
     if path.parent == Path(".") and name in shipped:
@@ -427,10 +439,24 @@ def resolve_config_path(arg: str | Path) -> Path:
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ExperimentConfig:
     """Read a YAML config (a path or a shipped config's name), apply overrides, validate."""
     path = resolve_config_path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} is not a regular file")
+    # issue 15: size limit, UTF-8 check, alias budget and duplicate keys, each refused in one line naming the file.
+    size = path.stat().st_size
+    if size > safe_yaml.MAX_CHARS * 4:
+        raise ConfigError(f"config file {path} is {size:,} bytes; a config is at most {safe_yaml.MAX_CHARS:,} characters")
+    data = path.read_bytes()
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset "
+                          f"{exc.start}); is it a binary file?") from None
+    try:
+        tree = safe_yaml.load(text) or {}
     except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+        raise ConfigError(f"config file {path} is not valid YAML: {safe_yaml.describe_error(exc)}") from None
+    except safe_yaml.YamlLimitError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
     if not isinstance(tree, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level, got {type(tree).__name__}")
     for override in overrides:

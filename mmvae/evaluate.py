@@ -172,6 +172,8 @@ METRIC_HELP: list[tuple[str, str | None, str]] = [
     ("swap/accuracy", "generative_samples", "mean of the swap figures"),
     ("style_preservation/", "generative_samples", "swap's image statistics nearer the style donor's than the content donor's (chance 0.5)"),
     ("probe/private/", "probe_test_samples", "logistic-regression probe of the label on Z_m (near chance is good)"),
+    ("style_transfer/", "generative_samples", "after a Z_m swap the style read from the output is the style donor's (chance 0.5)"),
+    ("style_r2/", "probe_test_samples", "linear-regression R² of a true style factor from Z_m (high is good) or Z_y (low is good)"),
     ("probe/", "probe_test_samples", "logistic-regression probe of the label on Z_y (all modalities, or one alone)"),
     ("test_samples", None, "test samples for the loss terms and label accuracy (a seeded class-balanced subset when limited)"),
     ("iwae_samples", None, "test samples for the IWAE estimate (seeded, class-balanced)"),

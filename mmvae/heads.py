@@ -57,7 +57,7 @@ class Head(nn.Module):
     def __init__(self, name: str, config: HeadConfig, dims: ModelDims):
         super().__init__()
         self.name, self.config = name, config
-        self.options: Any = parse_options(f"head {name}", self.kind, self.Options, config.options)
+        self.options: Any = parse_options(f"head '{name}'", self.kind, self.Options, config.options)
 
     def cond_dim(self, dims: ModelDims) -> int:
         """Total width of the conditions this head reads."""

@@ -32,9 +32,12 @@ def write_samples(run: LoadedRun, out_dir: Path, num: int = 64, nrow: int = 8, s
     params = model.decode(z_joint, z_private, cond=cond)
     for m in model.names:
         mean = model.mean(m, params[m])
-        written.append(save_grid(model.modalities[m], mean, out_dir / f"prior_{m}.png", nrow, f"{m}: prior samples"))
+        written.append(save_grid(model.modalities[m], mean, out_dir / f"prior_{m}.png", nrow, f"{m}: samples of the prior (Z_y and Z_{m} drawn from N(0, I))"))
     for m in model.names:
         recon = model.mean(m, out.params[m])
         both = interleave_rows(out.inputs[m], recon, nrow)
-        written.append(save_grid(model.modalities[m], both, out_dir / f"recon_{m}.png", nrow, f"{m}: data (odd rows) / reconstruction (even rows)"))
+        names = ["data", "recon."] * (both.shape[0] // max(1, 2 * nrow))
+        written.append(save_grid(model.modalities[m], both, out_dir / f"recon_{m}.png", nrow,
+                                 f"{m}: test samples (rows 'data') and their reconstructions from the posterior means",
+                                 row_names=names))
     return written

@@ -12,12 +12,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from mmvae.batch import batch_to, slice_rows
 from mmvae.data.registry import build_sources
 from mmvae.families.base import MultimodalModel
+from mmvae.render import panel_grid
 from mmvae.runs import LoadedRun
 
 
@@ -45,32 +45,6 @@ def swap_decode(model: MultimodalModel, content: dict, style: dict, modality: st
     return model.mean(modality, params)
 
 
-def _to_display(x: Tensor, size: int) -> Tensor:
-    """(N, C, H, W) floats in [0, 1] -> (N, 3, size, size) for grids mixing modalities."""
-    x = x.float().clamp(0, 1)
-    if x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)
-    return F.interpolate(x, size=(size, size), mode="nearest") if x.shape[-1] != size else x
-
-
-def _bordered_grid(cells: Tensor, row_heads: Tensor | None, col_heads: Tensor | None, path: Path, size: int) -> Path:
-    """Save an (R, C) grid of images with optional donor images as the first column / first row."""
-    from torchvision.utils import save_image
-
-    rows, cols = cells.shape[:2]
-    blank = torch.full((1, 3, size, size), 1.0)
-    tiles = []
-    if col_heads is not None:
-        tiles += ([blank] if row_heads is not None else []) + [_to_display(col_heads, size)]
-    for r in range(rows):
-        if row_heads is not None:
-            tiles.append(_to_display(row_heads[r : r + 1], size))
-        tiles.append(_to_display(cells[r], size))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(torch.cat([t.cpu() for t in tiles]), path, nrow=cols + (row_heads is not None), padding=2, pad_value=0.5)
-    return path
-
-
 def _pair_grid(model, content: dict, style: dict, modality: str, joint_from: list[str] | None) -> Tensor:
     """(R, C, ...) decoded means: row r content of sample r, column c style of sample c."""
     z_joint, _, cond = encode_latents(model, content, joint_from)
@@ -85,10 +59,10 @@ def _pair_grid(model, content: dict, style: dict, modality: str, joint_from: lis
 
 @torch.no_grad()
 def write_swap_grids(run: LoadedRun, out_dir: Path, n: int = 8, seed: int = 0) -> list[Path]:
-    """All swap grids of a run's test split; returns the PNG paths."""
+    """All swap grids of a run's test split, for every observed modality; returns the PNG paths."""
     model = run.model
-    image_names = [m for m in model.names if model.modalities[m].display == "image"]
-    size = max(model.modalities[m].shape[-1] for m in image_names) if image_names else 32
+    names = list(model.names)
+    display = {m: model.modalities[m].display for m in names}
     _, test = build_sources(run.config)
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
@@ -96,47 +70,61 @@ def write_swap_grids(run: LoadedRun, out_dir: Path, n: int = 8, seed: int = 0) -
     cols = batch_to(test.gather(torch.randperm(len(test), generator=gen)[:n]), device)
     shown_rows = model.preprocess(rows["x"], rows.get("mask"))
     shown_cols = model.preprocess(cols["x"], cols.get("mask"))
+    content, style = "content (Z_y) from the sample on the left", "style (Z_{}) from the sample on top"
     written = []
-    for m in image_names:
+    for m in names:
+        if m not in getattr(model, "private_names", names):
+            continue  # no private factor: nothing to swap
         cells = _pair_grid(model, rows, cols, m, None)
-        written.append(_bordered_grid(cells, shown_rows[m], shown_cols[m],
-                                      out_dir / f"within_{m}.png", size))
-    for a in image_names:
-        for b in image_names:
-            if a != b:  # digit read from `a` alone, style (private factor) from b's column donors, drawn as b
+        written.append(panel_grid(out_dir / f"within_{m}.png", cells, display[m],
+                                  f"{m}: each cell takes the class of its row and the style of its column",
+                                  row_heads=shown_rows[m], col_heads=shown_cols[m], row_label=content,
+                                  col_label=style.format(m)))
+    for a in names:
+        for b in names:
+            if a != b and b in getattr(model, "private_names", names):
+                # class read from `a` alone, style (private factor) from b's column donors, drawn as b
                 cells = _pair_grid(model, rows, cols, b, joint_from=[a])
-                written.append(_bordered_grid(cells, shown_rows[a], shown_cols[b],
-                                              out_dir / f"cross_{a}_to_{b}.png", size))
+                written.append(panel_grid(out_dir / f"cross_{a}_to_{b}.png", cells, display[b],
+                                          f"{b} generated from {a}: class from the {a} on the left, style from the top",
+                                          row_heads=shown_rows[a], row_display=display[a], col_heads=shown_cols[b],
+                                          row_label=f"content: Z_y inferred from {a} alone", col_label=style.format(b)))
     torch.manual_seed(seed)
     z_joint, z_private = model.sample_prior(n)
     _, _, row_cond = encode_latents(model, rows)  # conditions (if any) of the row samples
-    for m in image_names:
+    for m in names:
         zj = z_joint.repeat_interleave(n, 0)
         zp = {k: z.repeat(n, 1) for k, z in z_private.items()}
         cond = {c: f.repeat_interleave(n, 0) for c, f in row_cond.items()}
         cells = model.mean(m, model.decode(zj, zp, [m], cond)[m]).reshape(n, n, *model.modalities[m].model_shape)
-        written.append(_bordered_grid(cells, None, None, out_dir / f"prior_{m}.png", size))
-    for m in image_names:
-        written.append(_traversal(model, rows, m, out_dir / f"traverse_{m}.png", size))
+        written.append(panel_grid(out_dir / f"prior_{m}.png", cells, display[m],
+                                  f"{m} from the prior: Z_y drawn per row, Z_{m} drawn per column",
+                                  row_label="same Z_y along a row", col_label=f"same Z_{m} down a column"))
+    for m in names:
+        written.append(_traversal(model, rows, m, out_dir / f"traverse_{m}.png"))
     return written
 
 
-def _traversal(model: MultimodalModel, batch: dict, modality: str, path: Path, size: int, steps: int = 9) -> Path:
+def _traversal(model: MultimodalModel, batch: dict, modality: str, path: Path, steps: int = 9) -> Path:
     """Rows: each joint dimension, then each private dimension of `modality`, swept over [-3, 3] from sample 0."""
     z_joint, z_private, cond = encode_latents(model, slice_rows(batch, 0, 1))
     cond = {c: f.repeat(steps, 1) for c, f in cond.items()}
     values = torch.linspace(-3, 3, steps)
-    rows = []
+    rows, names = [], []
     for d in range(z_joint.shape[1]):
         zj = z_joint.repeat(steps, 1)
         zj[:, d] = values
         rows.append(model.decode(zj, {m: z.repeat(steps, 1) for m, z in z_private.items()}, [modality], cond)[modality])
+        names.append(f"Z_y[{d}]")
     for d in range(z_private[modality].shape[1] if modality in z_private else 0):
         zp = {m: z.repeat(steps, 1) for m, z in z_private.items()}
         zp[modality][:, d] = values
         rows.append(model.decode(z_joint.repeat(steps, 1), zp, [modality], cond)[modality])
+        names.append(f"Z_{modality}[{d}]")
     cells = torch.stack([model.mean(modality, r) for r in rows])
-    return _bordered_grid(cells, None, None, path, size)
+    return panel_grid(path, cells, model.modalities[modality].display,
+                      f"{modality}: one latent dimension swept from -3 to 3 per row (the others at sample 0's means)",
+                      row_names=names, col_names=[f"{v:.1f}" for v in values.tolist()])
 
 
 def add_parser(sub) -> None:

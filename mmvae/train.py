@@ -33,6 +33,7 @@ from mmvae.evaluate import in_training_metrics
 from mmvae.families import build_model
 from mmvae.losses import check_loss_config
 from mmvae.progress import Progress
+from mmvae.runlock import RunLock
 from mmvae.tracking import Tracker
 from mmvae.train_state import (  # noqa: F401  (re-exported: their old home)
     RESUMABLE_CHANGES,
@@ -66,10 +67,13 @@ class Trainer:
     """Holds the pieces of one run; `fit()` trains until the configured number of steps."""
 
     def __init__(self, config: ExperimentConfig, run_dir: Path | None, resume: bool = False,
-                 compile_mode: str | None = None, sources: tuple[BatchSource, BatchSource] | None = None):
+                 compile_mode: str | None = None, sources: tuple[BatchSource, BatchSource] | None = None,
+                 lock: RunLock | None = None, on_corrupt: str = "fallback"):
         """`run_dir` None trains in memory: nothing is written (no checkpoints, logs or config).
         `compile_mode` goes to torch.compile when train.compile is set (None: its default mode);
-        `sources` = (train, test) replaces the sources named by config.data (benchmarks, tests)."""
+        `sources` = (train, test) replaces the sources named by config.data (benchmarks, tests).
+        `lock` is the run folder's writer lock (made here when None); `on_corrupt` ("fallback" or "error")
+        decides what a corrupt newest checkpoint does at resume."""
         if run_dir is None and resume:
             raise ValueError("resume needs a run folder")
         self.config, self.run_dir = config, (Path(run_dir) if run_dir is not None else None)
@@ -109,6 +113,10 @@ class Trainer:
         self.position = Position()
         self.step = TrainStep(self.model, self.optimizer, self.lr_scales, config, self.env, compile_mode)
         writes = self.run_dir is not None
+        self.on_corrupt, self.fell_back_from = on_corrupt, []
+        self.lock = (lock or RunLock(self.run_dir)) if writes else None
+        if writes:  # one writer per run folder: rank 0 takes the lock (before it creates the folder), all get its verdict
+            distributed.decide_on_main(self.lock.acquire)
         if self.env.is_main and writes:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         if resume:
@@ -163,7 +171,9 @@ class Trainer:
         # Only rank 0 reads the run folder (other nodes need not share a filesystem); every rank then
         # loads the same tensors, or raises the same error.
         ckpt = distributed.decide_on_main(
-            lambda: load_for_resume(self.run_dir, self.config, self.env.world_size, self.model))
+            lambda: load_for_resume(self.run_dir, self.config, self.env.world_size, self.model, self.optimizer,
+                                    self.steps_per_epoch, self.on_corrupt))
+        self.fell_back_from = ckpt.fell_back_from  # newer checkpoints rejected, reported in the summary
         self.model.load_state_dict(ckpt.tensors["model"])
         optimizer_from_tensors(self.optimizer, ckpt.tensors["optimizer"], ckpt.state["optimizer"])
         self.position = Position(**ckpt.state["position"])
@@ -244,6 +254,7 @@ class Trainer:
             "seconds": time.time() - started,
             "steps_this_session": pos.step - start_step,
             "finished": pos.step >= self.total_steps,
+            "fell_back_from": self.fell_back_from,  # newer checkpoints rejected at resume ([] if none)
             **eval_metrics,
         }
         if self.env.is_main and self.run_dir is not None:
@@ -264,12 +275,15 @@ class Trainer:
             progress.update(self.position.step, loss=values["loss/total"], grad_norm=values["grad_norm"])
 
 
-def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = False, stop_at_step: int | None = None) -> dict:
+def train(config: ExperimentConfig, run_dir: Path | None = None, resume: bool = False, stop_at_step: int | None = None,
+          on_corrupt: str = "fallback") -> dict:
     """Train one run into `run_dir` (default: <out_dir>/<name>); returns the summary. The process group is torn
     down on exit. To train without a run folder, use `Trainer(config, None).fit()` (see mmvae.api.fit)."""
     run_dir = Path(run_dir) if run_dir else Path(config.out_dir) / config.name
+    lock = RunLock(run_dir)  # taken by the Trainer on rank 0, released here however training ends
     try:
-        trainer = Trainer(config, run_dir, resume=resume)
+        trainer = Trainer(config, run_dir, resume=resume, lock=lock, on_corrupt=on_corrupt)
         return trainer.fit(stop_at_step=stop_at_step)
     finally:
+        lock.release()
         distributed.teardown()

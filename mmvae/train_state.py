@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from mmvae.checkpoint import Checkpoint, CheckpointError, check_state_dict_compatible, load_latest, save_checkpoint
+from mmvae.checkpoint import Checkpoint, CheckpointError, check_state_dict_compatible, save_checkpoint
 from mmvae.config import ConfigError, ExperimentConfig, config_from_dict
 
 # Config sections that may change between a run and its resumption without breaking exactness.
@@ -108,15 +108,19 @@ def save_training_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.
                     keep_last=config.train.keep_checkpoints)
 
 
-def load_for_resume(run_dir: Path, config: ExperimentConfig, world_size: int, model: torch.nn.Module) -> Checkpoint:
-    """The newest verified checkpoint, checked against this run's config, world size and shapes; its model
-    tensors are renamed to the current parameter names (`upgrade_state_dict`) when older code wrote them."""
-    ckpt = load_latest(run_dir)
-    if ckpt is None:
-        raise FileNotFoundError(f"--resume: no checkpoint found in {run_dir / 'checkpoints'}")
+def load_for_resume(run_dir: Path, config: ExperimentConfig, world_size: int, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, steps_per_epoch: int | None = None,
+                    on_corrupt: str = "fallback") -> Checkpoint:
+    """The newest checkpoint that verifies and whose contents pass `checkpoint_schema` (else an older one, or a
+    one-line refusal, as `on_corrupt` says), checked against this run's config, world size and shapes. Its model
+    tensors carry the current parameter names (older code's names are upgraded by the validation).
+    Called by the lock-holding writer, so it also cleans leftovers of interrupted saves."""
+    from mmvae.checkpoint_schema import load_valid_checkpoint
+
+    ckpt = load_valid_checkpoint(run_dir, model, optimizer, on_corrupt, writer=True, steps_per_epoch=steps_per_epoch,
+                                 config=config, world_size=world_size)
     check_resumable(ckpt.state["config"], config, ckpt.path)
     if ckpt.state["world_size"] != world_size:
         raise CheckpointError(f"{ckpt.path}: saved with {ckpt.state['world_size']} rank(s), resuming with {world_size}")
-    ckpt.tensors["model"] = type(model).upgrade_state_dict(ckpt.tensors["model"])
     check_state_dict_compatible(model.state_dict(), ckpt.tensors["model"], ckpt.path)
     return ckpt

@@ -25,6 +25,7 @@ class DatasetEntry:
     name: str
     build: Callable[["ExperimentConfig"], tuple[BatchSource, BatchSource]]  # (train, test) on the CPU
     description: str = ""
+    title: str = ""  # the dataset's name as people write it
     # Extra metrics beyond loss terms, label accuracy and IWAE: fn(run, train, test, settings) -> dict.
     metrics: Callable[..., dict[str, Any]] | None = None
     targets: list[Target] = field(default_factory=list)
@@ -32,11 +33,13 @@ class DatasetEntry:
     provenance_notes: Callable[[dict], list[str]] | None = None  # markdown lines for metrics.md
     # Checks `mmvae evaluate` runs before any work (e.g. that cached classifiers exist): fn(config) raises.
     preflight: Callable[["ExperimentConfig"], None] | None = None
+    # (training samples, modality names) without loading the data, for `mmvae train`'s checks; None: unknown.
+    facts: Callable[["ExperimentConfig"], tuple[int | None, set[str] | None]] | None = None
 
     def check_config(self, config: "ExperimentConfig") -> None:
         """Config checks that need the dataset (ValueError names the key)."""
         if self.needs_path and not config.data.path:
-            raise ValueError(f"data.path must name a prepared {self.name} folder ({self.description})")
+            raise ValueError(f"data.path must name a prepared {self.title or self.name} folder ({self.description})")
 
 
 def _build_toy(config: "ExperimentConfig") -> tuple[BatchSource, BatchSource]:
@@ -67,6 +70,28 @@ def _mnist_svhn_metrics(run, train: BatchSource | None, test: BatchSource, setti
     if train is not None:
         metrics.update(linear_probes(run.model, train, test, settings.probe_train, glimit))
     return metrics
+
+
+def _toy_facts(config: "ExperimentConfig") -> tuple[int | None, set[str] | None]:
+    from mmvae.data.toy import make_toy
+
+    return config.data.train_size, set(make_toy(1, seed=0).gather(torch.arange(1))["x"])
+
+
+def _mnist_svhn_facts(config: "ExperimentConfig") -> tuple[int | None, set[str] | None]:
+    from pathlib import Path
+
+    import numpy as np
+
+    from mmvae.data.mnist_svhn import MODALITIES, read_manifest
+
+    names = set(MODALITIES)
+    try:
+        manifest = read_manifest(Path(config.data.path))
+        pairs = Path(config.data.path) / manifest["splits"]["train"]["files"]["pairs"]
+        return int(np.load(pairs, mmap_mode="r", allow_pickle=False).shape[0]), names
+    except Exception:  # noqa: BLE001 - unreadable data is the loader's to report (DataError)
+        return None, names
 
 
 def _toy_metrics(run, train, test, settings) -> dict[str, Any]:
@@ -122,10 +147,11 @@ MNIST_SVHN_TARGETS: list[Target] = [
 
 DATASETS: dict[str, DatasetEntry] = {
     "toy": DatasetEntry("toy", _build_toy, "built-in synthetic bars + waves", metrics=_toy_metrics,
-                        targets=TOY_TARGETS),
-    "mnist_svhn": DatasetEntry("mnist_svhn", _build_mnist_svhn, "see `mmvae prepare mnist-svhn`",
+                        targets=TOY_TARGETS, facts=_toy_facts),
+    "mnist_svhn": DatasetEntry("mnist_svhn", _build_mnist_svhn, "see `mmvae prepare mnist-svhn`", title="MNIST-SVHN",
                                metrics=_mnist_svhn_metrics, targets=MNIST_SVHN_TARGETS, needs_path=True,
-                               provenance_notes=_mnist_svhn_notes, preflight=_mnist_svhn_preflight),
+                               provenance_notes=_mnist_svhn_notes, preflight=_mnist_svhn_preflight,
+                               facts=_mnist_svhn_facts),
 }
 
 

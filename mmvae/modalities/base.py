@@ -73,7 +73,7 @@ def parse_options(name: str, kind: str, options_type: type[BaseModel], options: 
             else:
                 problems.append(f"option {key!r}: {e['msg']}")
         allowed = sorted(options_type.model_fields)
-        raise ConfigError(f"'{name}' (kind {kind}): {'; '.join(problems)}; allowed options: {allowed}") from None
+        raise ConfigError(f"{name} (kind {kind}): {'; '.join(problems)}; allowed options: {allowed}") from None
 
 
 class Modality(nn.Module):
@@ -94,7 +94,7 @@ class Modality(nn.Module):
             )
         self.name = name
         self.config = config
-        self.options = parse_options(f"modality {name}", self.kind, self.Options, config.options)
+        self.options = parse_options(f"modality '{name}'", self.kind, self.Options, config.options)
         self.shape = tuple(config.shape)  # stored shape of one sample
         self.decoder_in = decoder_in  # None: a condition, never decoded
         self.likelihood: Likelihood = make_likelihood(config.likelihood, config.likelihood_scale)
