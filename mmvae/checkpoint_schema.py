@@ -99,14 +99,24 @@ class OptimizerState(_Strict):
     scalars: dict[str, bool | int | float | None]
 
 
+class LogWindowState(_Strict):
+    """One rank's logged values since its last log line (sums of float32 values, exact in JSON)."""
+
+    steps: Annotated[int, Field(ge=0)]
+    names: list[str] | None
+    sum: list[float] | None
+
+
 class TrainingState(_Strict):
-    """state.json as `Trainer.save` writes it."""
+    """state.json as `Trainer.save` writes it (log_window and schedule_steps: absent in older checkpoints)."""
 
     position: PositionState
     config: dict[str, Any]
     optimizer: OptimizerState
     rng: list[RngState] = Field(min_length=1)
     world_size: Annotated[int, Field(ge=1)]
+    log_window: list[LogWindowState] | None = None
+    schedule_steps: Annotated[int, Field(ge=1)] | None = None
 
 
 def _first_error(where: Path, err: ValidationError) -> str:
@@ -198,6 +208,15 @@ def validate_state(ckpt: Checkpoint, steps_per_epoch: int | None = None, config:
     if pos.step != ckpt.step:
         raise CheckpointError(f"{where}: position.step is {pos.step} but the checkpoint is step {ckpt.step} "
                               f"(its manifest and folder name)")
+    if state.log_window is not None:
+        if len(state.log_window) != state.world_size:
+            raise CheckpointError(f"{where}: log_window holds {len(state.log_window)} window(s) for world_size "
+                                  f"{state.world_size}")
+        for r, w in enumerate(state.log_window):
+            if (w.sum is None) != (w.steps == 0) or (w.sum is not None and (w.names is None or len(w.sum) != len(w.names))):
+                raise CheckpointError(f"{where}: log_window[{r}] is inconsistent (steps {w.steps}, "
+                                      f"{'no' if w.sum is None else len(w.sum)} sums, "
+                                      f"{'no' if w.names is None else len(w.names)} names)")
     if len(state.rng) != state.world_size:
         raise CheckpointError(f"{where}: rng holds {len(state.rng)} state(s) for world_size {state.world_size}")
     cpu_size = torch.get_rng_state().numel()

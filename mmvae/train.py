@@ -111,6 +111,8 @@ class Trainer:
         # train.epochs sets the length only when max_steps is null.
         self.total_steps = tc.max_steps if tc.max_steps is not None else tc.epochs * self.steps_per_epoch
         self.position = Position()
+        self.schedule_steps = self.total_steps  # the LR schedule's length, fixed at the run's start
+        self._window: tuple[Tensor | None, int] = (None, 0)  # restored by a resume
         self.step = TrainStep(self.model, self.optimizer, self.lr_scales, config, self.env, compile_mode)
         writes = self.run_dir is not None
         self.on_corrupt, self.fell_back_from = on_corrupt, []
@@ -159,13 +161,46 @@ class Trainer:
         dist.all_gather_object(everyone, mine)
         return everyone
 
-    def save(self) -> None:
-        """Checkpoint from rank 0 (RNG states of every rank included)."""
+    def _gather_objects(self, mine) -> list:
+        """Every rank's `mine`, in rank order (a list of one in a single process)."""
+        if not self.env.is_distributed:
+            return [mine]
+        everyone: list = [None] * self.env.world_size
+        dist.all_gather_object(everyone, mine)
+        return everyone
+
+    def save(self, window: tuple[Tensor | None, int] = (None, 0)) -> None:
+        """Checkpoint from rank 0: RNG states and the unlogged part of the log window of every rank included."""
         rng = self._rng_states_of_all_ranks()
+        running, steps = window
+        windows = self._gather_objects({"steps": steps, "names": self.log_names,
+                                        "sum": None if running is None else running.cpu().tolist()})
         if self.env.is_main:
+            extra = {"log_window": windows, "schedule_steps": self.schedule_steps}
             save_training_state(self.run_dir, self.model, self.optimizer, self.position, self.config, rng,
-                                self.env.world_size)
+                                self.env.world_size, extra)
         distributed.barrier()
+
+    def _restore_window(self, state: dict) -> tuple[Tensor | None, int]:
+        """This rank's unlogged window from a checkpoint (float32 sums round-trip exactly through JSON)."""
+        windows = state.get("log_window") or []
+        mine = windows[self.env.rank] if self.env.rank < len(windows) else None
+        if not mine or not mine.get("steps") or mine.get("sum") is None:
+            return None, 0
+        self.step.log_names = list(mine["names"])
+        return torch.tensor(mine["sum"], dtype=torch.float32, device=self.env.device), int(mine["steps"])
+
+    def _truncate_log(self, step: int) -> None:
+        """Drop metrics.jsonl lines after the checkpoint's step (a run killed after logging them logs them again)."""
+        path = self.run_dir / "metrics.jsonl"
+        if not path.is_file():
+            return
+        lines = path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+        if len(kept) != len(lines):
+            tmp = path.with_name(path.name + ".tmp-truncate")
+            tmp.write_text("".join(kept))
+            tmp.replace(path)
 
     def _resume(self) -> None:
         # Only rank 0 reads the run folder (other nodes need not share a filesystem); every rank then
@@ -174,6 +209,12 @@ class Trainer:
             lambda: load_for_resume(self.run_dir, self.config, self.env.world_size, self.model, self.optimizer,
                                     self.steps_per_epoch, self.on_corrupt))
         self.fell_back_from = ckpt.fell_back_from  # newer checkpoints rejected, reported in the summary
+        self._window = self._restore_window(ckpt.state)
+        # The LR schedule is fixed when a run starts: extending it (a larger max_steps or epochs on resume)
+        # continues at the schedule's final value instead of re-shaping the steps already taken.
+        self.schedule_steps = int(ckpt.state.get("schedule_steps") or self.total_steps)
+        if self.env.is_main:
+            self._truncate_log(ckpt.state["position"]["step"])
         self.model.load_state_dict(ckpt.tensors["model"])
         optimizer_from_tensors(self.optimizer, ckpt.tensors["optimizer"], ckpt.state["optimizer"])
         self.position = Position(**ckpt.state["position"])
@@ -187,7 +228,7 @@ class Trainer:
     def _train_step(self, micro_batches: list[dict]) -> Tensor:
         """train_step, returning the logged values as one device vector ordered as `self.log_names`."""
         step = self.position.step
-        return self.step(micro_batches, step, lr_at(step, self.total_steps, self.config.train))
+        return self.step(micro_batches, step, lr_at(step, self.schedule_steps, self.config.train))
 
     def check_finite(self) -> None:
         self.step.check_finite()
@@ -212,8 +253,9 @@ class Trainer:
             progress.event(f"the run is already at step {pos.step:,} of {self.total_steps:,}: nothing to train "
                            "(raise train.max_steps or train.epochs to continue it)")
         eval_metrics: dict[str, float] = {}
-        running: Tensor | None = None  # sum of logged vectors since the last log
-        steps_in_window = 0
+        # Sum of logged vectors since the last log line, and its step count; a checkpoint saves the window, so a
+        # resumed run's log equals the uninterrupted one (lines only at multiples of log_every and the last step).
+        running, steps_in_window = self._window
         stopped_early = False
         while pos.step < self.total_steps:
             batches = self.loader.epoch(pos.epoch, pos.batch_in_epoch * accum)
@@ -225,21 +267,24 @@ class Trainer:
                 pos.batch_in_epoch += 1
                 if pos.batch_in_epoch == self.steps_per_epoch:
                     pos.epoch, pos.batch_in_epoch = pos.epoch + 1, 0
-                last = pos.step == self.total_steps or pos.step == stop_at_step
-                if pos.step % tc.log_every == 0 or pos.step % tc.checkpoint_every == 0 or last:
-                    self.check_finite()
+                final = pos.step == self.total_steps
+                stop = pos.step == stop_at_step
+                checkpoint = (pos.step % tc.checkpoint_every == 0 or final or stop) and self.run_dir is not None
+                if pos.step % tc.log_every == 0 or final or checkpoint:
+                    self.check_finite()  # never checkpoint a non-finite step
+                if pos.step % tc.log_every == 0 or final:
                     self._log_window(running, steps_in_window, progress)
                     running, steps_in_window = None, 0
-                if pos.step % tc.eval_every == 0 or last:
+                if pos.step % tc.eval_every == 0 or final:
                     eval_metrics = self.evaluate() if self.env.is_main else {}
                     self.tracker.log(pos.step, eval_metrics)
                     progress.event(f"eval at step {pos.step:,}: " + ", ".join(
                         f"{k.removeprefix('eval/')} {v:.4g}" for k, v in eval_metrics.items()
                         if k in ("eval/total", "eval/label_accuracy")))
-                if (pos.step % tc.checkpoint_every == 0 or last) and self.run_dir is not None:
-                    self.save()
+                if checkpoint:
+                    self.save((running, steps_in_window))
                     progress.event(f"checkpoint at step {pos.step:,}")
-                if pos.step == stop_at_step:
+                if stop:
                     stopped_early = True
                     break
                 if pos.batch_in_epoch == 0:

@@ -94,8 +94,9 @@ def load_latest_exists(run_dir: Path) -> bool:
 
 
 def save_training_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, position: Position,
-                        config: ExperimentConfig, rng: list, world_size: int) -> None:
-    """One atomic checkpoint of everything resume needs (called on rank 0)."""
+                        config: ExperimentConfig, rng: list, world_size: int, extra: dict | None = None) -> None:
+    """One atomic checkpoint of everything resume needs (called on rank 0); `extra`: the log windows and the LR
+    schedule's length (optional keys of the state, absent from checkpoints of older code)."""
     opt_tensors, opt_meta = optimizer_to_tensors(optimizer)
     state = {
         "position": asdict(position),
@@ -103,6 +104,7 @@ def save_training_state(run_dir: Path, model: torch.nn.Module, optimizer: torch.
         "optimizer": opt_meta,
         "rng": rng,
         "world_size": world_size,
+        **(extra or {}),
     }
     save_checkpoint(run_dir, position.step, {"model": model.state_dict(), "optimizer": opt_tensors}, state,
                     keep_last=config.train.keep_checkpoints)

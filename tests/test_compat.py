@@ -23,9 +23,17 @@ FIXTURE_RUN = REPO / "tests/fixtures/run_v1_toy"
 V1_CONFIGS = sorted((REPO / "tests/fixtures/v1_configs").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", V1_CONFIGS, ids=[p.name for p in V1_CONFIGS])
+@pytest.mark.parametrize("path", [p for p in V1_CONFIGS if p.stem != "toy"], ids=lambda p: p.name)
 def test_version_1_configs_load_as_the_shipped_ones(path):
     assert load_config(path) == load_config(REPO / "configs" / path.name)
+
+
+def test_the_version_1_toy_config_migrates_to_its_weights():
+    # The shipped toy config has been retuned since (the demo's private factors): compare with what it said then.
+    old = load_config(REPO / "tests/fixtures/v1_configs/toy.yaml")
+    assert old.loss.weights == {"kl/joint": {"value": 1.0, "warmup_steps": 200}} or \
+        old.loss.schedule("kl/joint").model_dump() == {"value": 1.0, "warmup_steps": 200}
+    assert set(old.loss.weights) == {"kl/joint"}
 
 
 def test_version_1_loss_keys_become_weight_entries():

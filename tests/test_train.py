@@ -90,6 +90,40 @@ def test_resume_in_a_fresh_process_is_bitwise_identical(uninterrupted, tmp_path,
     position, tensors = _final_tensors(run_dir)
     assert position == ref_position
     _assert_bitwise_equal(tensors, ref_tensors)
+    # The log too: every line (training windows and evaluations) equals the uninterrupted run's.
+    assert _log(run_dir) == _log(config_path.parent / "reference")
+
+
+def _log(run_dir):
+    return [{k: v for k, v in r.items() if k != "time"} for r in read_metrics(run_dir)]
+
+
+def test_a_resume_after_kill_does_not_log_steps_twice(uninterrupted, tmp_path):
+    import json
+
+    config_path, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    train(yaml_config(config_path), run_dir, stop_at_step=8)
+    # What a kill -9 between a log line and the next checkpoint leaves: lines past the checkpoint's step.
+    with (run_dir / "metrics.jsonl").open("a") as f:
+        f.write(json.dumps({"step": 12, "time": 0.0, "loss/total": 1.0}) + "\n")
+    train(yaml_config(config_path), run_dir, resume=True)
+    steps = [r["step"] for r in read_metrics(run_dir) if "loss/total" in r]
+    assert len(steps) == len(set(steps)) and _log(run_dir) == _log(config_path.parent / "reference")
+
+
+def test_extending_a_run_continues_at_the_final_learning_rate(tmp_path):
+    cfg = tiny_config(tmp_path, ("train.max_steps=8", "train.log_every=1"))
+    train(cfg, tmp_path / "run")
+    before = [r["lr"] for r in read_metrics(tmp_path / "run") if "lr" in r]
+    train(tiny_config(tmp_path, ("train.max_steps=12", "train.log_every=1")), tmp_path / "run", resume=True)
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "run") if "lr" in r]
+    assert lrs[:8] == before and len(lrs) == 12
+    final = cfg.train.lr * cfg.train.min_lr_ratio
+    assert lrs[8:] == pytest.approx([final] * 4)  # the schedule was fixed at the start: it stays at its end
+    # Negative control: a run of 12 steps from the start follows another schedule.
+    train(tiny_config(tmp_path, ("train.max_steps=12", "train.log_every=1")), tmp_path / "long")
+    assert [r["lr"] for r in read_metrics(tmp_path / "long") if "lr" in r][:8] != before
 
 
 def test_negative_control_resume_without_rng_restore_differs(uninterrupted, tmp_path, monkeypatch):
