@@ -208,6 +208,8 @@ def validate_state(ckpt: Checkpoint, steps_per_epoch: int | None = None, config:
     if pos.step != ckpt.step:
         raise CheckpointError(f"{where}: position.step is {pos.step} but the checkpoint is step {ckpt.step} "
                               f"(its manifest and folder name)")
+    if len(state.rng) != state.world_size:
+        raise CheckpointError(f"{where}: rng holds {len(state.rng)} state(s) for world_size {state.world_size}")
     if state.log_window is not None:
         if len(state.log_window) != state.world_size:
             raise CheckpointError(f"{where}: log_window holds {len(state.log_window)} window(s) for world_size "
@@ -217,8 +219,6 @@ def validate_state(ckpt: Checkpoint, steps_per_epoch: int | None = None, config:
                 raise CheckpointError(f"{where}: log_window[{r}] is inconsistent (steps {w.steps}, "
                                       f"{'no' if w.sum is None else len(w.sum)} sums, "
                                       f"{'no' if w.names is None else len(w.names)} names)")
-    if len(state.rng) != state.world_size:
-        raise CheckpointError(f"{where}: rng holds {len(state.rng)} state(s) for world_size {state.world_size}")
     cpu_size = torch.get_rng_state().numel()
     for r, rng in enumerate(state.rng):
         if rng.python.state[-1] > 624:

@@ -360,21 +360,25 @@ def migrate_tree(tree: dict) -> dict:
 
 
 def _format_validation_error(err: ValidationError, source: str, max_lines: int = 20) -> str:
-    # issue 15: inputs and keys are shown truncated (~80 characters), and at most `max_lines` problems are listed,
-    # so a huge or alias-expanded value can neither flood the terminal nor hang the formatter.
+    """One line: "invalid config (SOURCE): key 'a.b': problem (got ...); unknown key 'c'; ...".
+
+    Inputs and keys are shown truncated (~80 characters) and at most `max_lines` problems are listed, so a huge
+    or alias-expanded value can neither flood the terminal nor hang the formatter.
+    """
     errors = err.errors(include_url=False)
     shown = errors[:max_lines]
-    more = f"; {len(errors)} problems, the first {len(shown)} below" if len(errors) > len(shown) else ""
-    lines = [f"invalid config ({source}){more}:"]
+    more = f" ({len(errors)} problems, the first {len(shown)} shown)" if len(errors) > len(shown) else ""
+    problems = []
     for e in shown:
         key = ".".join(safe_yaml.short_repr(p, 40, quote=False) for p in e["loc"]) or "<root>"
         if e["type"] == "extra_forbidden":
-            lines.append(f"  unknown key '{key}'")
+            problems.append(f"unknown key '{key}'")
         elif not e["loc"]:  # a whole-config check (model_validator): its message names the keys
-            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
+            problems.append(e["msg"].removeprefix("Value error, "))
         else:
-            lines.append(f"  key '{key}': {e['msg']} (got {safe_yaml.short_repr(e.get('input'))})")
-    return "\n".join(lines)
+            msg = e["msg"].removeprefix("Value error, ")
+            problems.append(f"key '{key}': {msg} (got {safe_yaml.short_repr(e.get('input'))})")
+    return f"invalid config ({source}){more}: " + "; ".join(problems)
 
 
 def apply_override(tree: dict, override: str) -> None:
