@@ -175,12 +175,23 @@ METRIC_HELP: list[tuple[str, str | None, str]] = [
     ("style_transfer/", "generative_samples", "after a Z_m swap the style read from the output is the style donor's (chance 0.5)"),
     ("style_r2/", "probe_test_samples", "linear-regression R² of a true style factor from Z_m (high is good) or Z_y (low is good)"),
     ("probe/", "probe_test_samples", "logistic-regression probe of the label on Z_y (all modalities, or one alone)"),
+    ("cycle/style_distance/", "cycle_samples", "re-encoded swap: mean |Z_m(x~) - Z_m(style donor)| / mean |Z_m(content donor) - Z_m(style donor)| (0 is exact)"),
+    ("cycle/content_distance/", "cycle_samples", "re-encoded swap: mean |Z_y(x~) - Z_y(content donor)| / mean |Z_y(content) - Z_y(style donor)|, Z_y from m alone"),
+    ("cycle/style", "cycle_samples", "a Z_m swap re-encoded: its Z_m is nearer the style donor's than the content donor's (chance 0.5; the main style measure)"),
+    ("cycle/content", "cycle_samples", "a Z_m swap re-encoded from m alone: its Z_y is nearer the content donor's than the style donor's (chance 0.5)"),
+    ("mig/", "disentanglement_samples", "mutual information gap of the codes (joint: Z_y, private/<m>: Z_m) against the true factors named (0..1)"),
+    ("dci/disentanglement/", "disentanglement_samples", "DCI disentanglement: each code dimension explains one factor (tree importances; 0..1)"),
+    ("dci/completeness/", "disentanglement_samples", "DCI completeness: each factor is read from one code dimension (0..1)"),
+    ("dci/informativeness/", "disentanglement_samples", "DCI informativeness: held-out accuracy (discrete) or R² (continuous) of trees reading the factor(s) from the code"),
+    ("sap/", "disentanglement_samples", "separated attribute predictability: gap between the two most predictive single dimensions (0..1)"),
     ("test_samples", None, "test samples for the loss terms and label accuracy (a seeded class-balanced subset when limited)"),
     ("iwae_samples", None, "test samples for the IWAE estimate (seeded, class-balanced)"),
     ("generative_samples", None, "test samples for coherence, swap and reconstruction figures (seeded, class-balanced)"),
     ("joint_coherence_samples", None, "prior draws for joint coherence"),
     ("probe_train_samples", None, "training samples the probes are fitted on (seeded, class-balanced)"),
     ("probe_test_samples", None, "test samples the probes are scored on (seeded, class-balanced)"),
+    ("cycle_samples", None, "test samples for the latent-cycle score (seeded, class-balanced; donor: the previous sample)"),
+    ("disentanglement_samples", None, "test samples for MIG, DCI and SAP (DCI and SAP fit on 70%, score on 30%)"),
 ]
 
 

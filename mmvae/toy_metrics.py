@@ -8,6 +8,9 @@ invert the generator: no classifier to train, known answers.
                             value than the content donor's (chance 0.5)
   probe/joint, probe/private/<m>          logistic-regression probes of the class on Z_y / Z_m
   style_r2/<f>/private, style_r2/<f>/joint  linear-regression R² of a style factor from Z_m / from Z_y
+  cycle/...                 the latent-cycle style score (mmvae.disentanglement.latent_cycle_metrics)
+  mig/..., dci/..., sap/... MIG, DCI and SAP of Z_y against the class and of each Z_m against its modality's true
+                            style factors (toy_disentanglement; the key scheme is in docs/disentanglement.md)
 """
 
 from __future__ import annotations
@@ -108,10 +111,42 @@ def style_probes(model, train, test, train_limit: int, test_limit: int) -> dict[
     return out
 
 
+@torch.no_grad()
+def toy_disentanglement(model, source, limit: int, seed: int = 0) -> dict[str, float]:
+    """MIG, DCI and SAP on posterior means of at most `limit` test samples (seeded, class-balanced; DCI and SAP
+    fit on 70% of them and score the other 30%): Z_y (from every modality) against the class, keys
+    `<metric>/joint/class`, and each Z_m against its modality's true style factors (mmvae.data.toy.STYLE_FACTORS),
+    keys `<metric>/private/<m>/style`; `disentanglement_samples` is the number of samples."""
+    from mmvae.disentanglement import factor_metrics
+
+    device = next(model.parameters()).device
+    parts: dict[str, list] = {}
+    for batch in limited_batches(source, 512, limit, seed=seed):
+        batch = batch_to(batch, device)
+        z_joint, z_priv = encode_means(model, batch)
+        for key, value in [("joint", z_joint), ("class", labels(batch)), *z_priv.items(),
+                           *batch.get("meta", {}).items()]:
+            parts.setdefault(key, []).append(value.cpu())
+    data = {k: torch.cat(v).numpy() for k, v in parts.items()}
+    if "joint" not in data or len(data["class"]) < 10:
+        return {}
+    out = factor_metrics(data["joint"], {"class": data["class"]}, "joint/class", seed=seed)
+    for m, factors in STYLE_FACTORS.items():
+        present = [f for f in factors if f in data]
+        if m in data and present:
+            out.update(factor_metrics(data[m], {f: data[f] for f in present}, f"private/{m}/style", seed=seed))
+    out["disentanglement_samples"] = int(len(data["class"]))
+    return out
+
+
 def toy_metrics(run, train, test, settings) -> dict[str, float]:
     """The toy entry's metrics for `mmvae evaluate` (and the demo)."""
+    from mmvae.disentanglement import latent_cycle_metrics
+
     limit = settings.generative_limit if settings.limit is None else min(settings.limit, settings.generative_limit)
     metrics = generative_toy_metrics(run.model, test, limit, settings.seed)
+    metrics.update(latent_cycle_metrics(run.model, test, limit, settings.seed))
+    metrics.update(toy_disentanglement(run.model, test, min(limit, 2000), settings.seed))
     if train is not None:
         metrics.update(linear_probes(run.model, train, test, settings.probe_train, limit))
         metrics.update(style_probes(run.model, train, test, settings.probe_train, limit))

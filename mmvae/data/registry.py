@@ -58,7 +58,8 @@ def _build_mnist_svhn(config: "ExperimentConfig") -> tuple[BatchSource, BatchSou
 
 
 def _mnist_svhn_metrics(run, train: BatchSource | None, test: BatchSource, settings) -> dict[str, Any]:
-    """Coherence, swap and style metrics scored by the cached digit classifiers; linear probes."""
+    """Coherence, swap and style metrics scored by the cached digit classifiers; the latent-cycle style score;
+    linear probes."""
     from mmvae.classifiers import load_digit_classifiers
     from mmvae.metrics import generative_metrics, linear_probes
 
@@ -67,6 +68,9 @@ def _mnist_svhn_metrics(run, train: BatchSource | None, test: BatchSource, setti
     metrics: dict[str, Any] = {f"classifier_test_accuracy/{m}": r["test_accuracy"] for m, r in record["modalities"].items()}
     glimit = settings.generative_limit if settings.limit is None else min(settings.limit, settings.generative_limit)
     metrics.update(generative_metrics(run.model, test, classifiers, glimit, prior_samples=glimit, seed=settings.seed))
+    from mmvae.disentanglement import latent_cycle_metrics  # the latent-cycle style score (cycle/...)
+
+    metrics.update(latent_cycle_metrics(run.model, test, glimit, settings.seed))
     if train is not None:
         metrics.update(linear_probes(run.model, train, test, settings.probe_train, glimit))
     return metrics
