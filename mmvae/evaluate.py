@@ -8,6 +8,7 @@ floats. Dataset-specific metrics and reference targets come from the dataset's r
 from __future__ import annotations
 
 import json
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from mmvae.data.source import BatchSource
 from mmvae.families.base import MultimodalModel
 from mmvae.iwae import iwae_log_likelihood
 from mmvae.losses import compute_loss
+from mmvae.progress import Progress
 from mmvae.runs import LoadedRun
 from mmvae.tracking import write_summary
 
@@ -122,7 +124,8 @@ def in_training_metrics(model: MultimodalModel, source: BatchSource, loss_cfg, s
 
 def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | None = None,
                  iwae_samples: int = 1000, iwae_limit: int = 256, seed: int = 0,
-                 train: BatchSource | None = None, generative_limit: int = 10_000, probe_train: int = 10_000) -> dict:
+                 train: BatchSource | None = None, generative_limit: int = 10_000, probe_train: int = 10_000,
+                 show_progress: bool = True) -> dict:
     """All metrics the run's dataset supports; writes metrics.json and metrics.md into out_dir.
 
     Every dataset: loss terms, label accuracy from Z_y, IWAE. Beyond those, whatever the dataset's
@@ -132,14 +135,20 @@ def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | 
     settings = EvalSettings(limit, iwae_samples, iwae_limit, seed, generative_limit, probe_train)
     device = next(run.model.parameters()).device
     torch.manual_seed(seed)
+    progress = Progress(None, "evaluate", "phase", enabled=show_progress)
     metrics: dict = {"step": run.step, "test_samples": len(test) if limit is None else min(limit, len(test))}
-    metrics.update(loss_metrics(run.model, run, test, limit, device))
-    metrics.update(label_accuracy(run.model, test, limit, device))
+    phases = [("loss terms", lambda: loss_metrics(run.model, run, test, limit, device)),
+              ("label accuracy", lambda: label_accuracy(run.model, test, limit, device))]
     if iwae_samples > 0:
-        metrics.update(iwae_metric(run.model, test, iwae_samples, iwae_limit, device))
+        phases.append((f"IWAE (K = {iwae_samples})", lambda: iwae_metric(run.model, test, iwae_samples, iwae_limit, device)))
     entry = DATASETS[run.config.data.name]
     if entry.metrics is not None:
-        metrics.update(entry.metrics(run, train, test, settings))
+        phases.append((f"{entry.name} metrics", lambda: entry.metrics(run, train, test, settings)))
+    for name, compute in phases:
+        started = time.perf_counter()
+        progress.event(f"{name} ...")
+        metrics.update(compute())
+        progress.event(f"{name} done in {time.perf_counter() - started:.1f} s")
     metrics["provenance"] = getattr(test, "provenance", {})
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, default=str))
