@@ -399,6 +399,9 @@ def _sample_html(doc: dict, result: AttributionResult, model: MultimodalModel, i
             out.append(_table([t for t, _ in panels], [[_img(b, f"{t} {m} sample {i}") for t, b in panels]]) + "</p>")
         else:
             out.append(_img(curve_figure(result, model, m, i), f"attributions {m} sample {i}") + "</p>")
+        from mmvae.media import report_html  # audio players, shaded tokens
+
+        out.append(report_html(model.modalities[m], result, m, i))
         rows = []
         for r in range(top_k):
             row = [str(r + 1)]

@@ -14,6 +14,10 @@ def save_grid(modality: Modality, x: Tensor, path: Path, nrow: int, title: str |
     """Save samples x (N, *shape) of `modality` (floats in data space) as one PNG grid, row-major, nrow per row."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    if modality.display in ("spectrogram", "tokens"):  # spectrogram tiles + .wav rows; sentences
+        from mmvae.media import save_media_grid
+
+        return save_media_grid(modality, x.detach().cpu(), path, nrow, title)
     x = x.detach().float().cpu()
     if modality.display == "image":
         from torchvision.utils import save_image

@@ -118,6 +118,9 @@ def write_swap_grids(run: LoadedRun, out_dir: Path, n: int = 8, seed: int = 0) -
         written.append(_bordered_grid(cells, None, None, out_dir / f"prior_{m}.png", size))
     for m in image_names:
         written.append(_traversal(model, rows, m, out_dir / f"traverse_{m}.png", size))
+    from mmvae.swap_media import write_media_swaps  # spectrogram and text modalities (and their cross swaps)
+
+    written += write_media_swaps(model, rows, cols, shown_rows, shown_cols, out_dir, _pair_grid, seed)
     return written
 
 

@@ -181,4 +181,18 @@ def build(config) -> tuple[Digits4, Digits4]:
     return train, test
 
 
-__all__ = ["FORMAT", "Digits4", "build"]
+# (metric, op, full target, quick floor): the targets; the same for both budgets.
+ORDER = MODALITIES
+DIGITS4_TARGETS = [
+    ("classifier_test_accuracy/mnist", ">=", 0.99, 0.99),
+    ("classifier_test_accuracy/svhn", ">=", 0.95, 0.95),
+    ("classifier_test_accuracy/audio", ">=", 0.95, 0.95),
+    ("classifier_test_accuracy/text", ">=", 0.99, 0.99),
+    ("coherence/single_min", ">=", 0.80, 0.80),
+    ("coherence/others_min", ">=", 0.90, 0.90),
+    ("coherence/joint", ">=", 0.40, 0.40),
+    *[(f"probe/private/{m}", "<=", 0.25, 0.25) for m in ORDER],
+    *[(f"swap/{m}", ">=", 0.85, 0.85) for m in ORDER],
+]
+
+__all__ = ["DIGITS4_TARGETS", "FORMAT", "Digits4", "build"]

@@ -87,6 +87,8 @@ class LogMel(nn.Module):
         import torchaudio
 
         o = self.opts
+        features = torch.cat([features, features[..., -1:]], dim=-1)  # restore the dropped trailing centred frame
+        length = length or (features.shape[-1] - 1) * o.hop_length
         db = features.float().clamp(0, 1) * (o.db_ceiling - o.db_floor) + o.db_floor
         power = torch.pow(10.0, db / 10.0)
         inv = torchaudio.transforms.InverseMelScale(n_stft=o.n_fft // 2 + 1, n_mels=o.n_mels, sample_rate=o.sample_rate,
