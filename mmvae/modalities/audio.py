@@ -92,8 +92,8 @@ class LogMel(nn.Module):
         db = features.float().clamp(0, 1) * (o.db_ceiling - o.db_floor) + o.db_floor
         power = torch.pow(10.0, db / 10.0)
         inv = torchaudio.transforms.InverseMelScale(n_stft=o.n_fft // 2 + 1, n_mels=o.n_mels, sample_rate=o.sample_rate,
-                                                    f_min=o.f_min, f_max=o.f_max).to(features.device)
-        spec = inv(power).clamp_min(0.0)
+                                                    f_min=o.f_min, f_max=o.f_max, driver="gelsd")  # rank-deficient ok
+        spec = inv(power.cpu()).clamp_min(0.0).to(features.device)
         gl = torchaudio.transforms.GriffinLim(n_fft=o.n_fft, hop_length=o.hop_length, power=2.0,
                                               n_iter=o.griffin_lim_iters, rand_init=False, length=length).to(features.device)
         return gl(spec)

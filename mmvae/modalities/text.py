@@ -71,7 +71,7 @@ def load_minilm(path: str, fresh: bool = False) -> tuple[object, nn.Module]:
     if key not in _LOADED:
         _LOADED[key] = _load_minilm(path)
     tokenizer, model = _LOADED[key]
-    return (tokenizer, copy.deepcopy(model)) if fresh else (tokenizer, model)
+    return (tokenizer, copy.deepcopy(model).requires_grad_(True).train()) if fresh else (tokenizer, model)
 
 
 def _load_minilm(path: str) -> tuple[object, nn.Module]:
