@@ -140,6 +140,10 @@ def train_digits4_classifiers(prepared_dir: str | Path, epochs: int = 4, seed: i
     record = {"format": "mmvae.digits4.classifiers/1", "epochs": {"images": epochs, "audio": audio_epochs, "text": text_epochs},
               "seed": seed, "svhn_source": manifest.get("svhn", {}).get("source"),
               "audio_options": opts.model_dump(), "vocab_size": len(vocab), "modalities": {}}
+    previous = out_dir / RECORD
+    if set(modalities) != set(("mnist", "svhn", "audio", "text")) and previous.is_file():
+        old = json.loads(previous.read_text())  # retraining some: keep the others' entries (with their epochs)
+        record["modalities"] = {m: r for m, r in old.get("modalities", {}).items() if m not in modalities}
     for m in modalities:
         started = time.time()
         if m in ("mnist", "svhn"):
@@ -162,7 +166,8 @@ def train_digits4_classifiers(prepared_dir: str | Path, epochs: int = 4, seed: i
             info = {"vocab_size": len(vocab), "tokens": int(xs["train"].shape[1])}
         acc = accuracy(net, xs["test"], ys["test"])
         save_file({k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}, str(out_dir / f"d4_{m}.safetensors"))
-        record["modalities"][m] = {**info, "test_accuracy": acc, "train_items": int(len(xs["train"])),
+        record["modalities"][m] = {**info, "epochs": epochs if m in ("mnist", "svhn") else (audio_epochs if m == "audio" else text_epochs),
+                                   "test_accuracy": acc, "train_items": int(len(xs["train"])),
                                    "test_items": int(len(xs["test"])), "seconds": time.time() - started}
         log(f"classifier {m}: test accuracy {acc:.4f} on {len(xs['test'])} items ({time.time() - started:.0f} s)")
     (out_dir / RECORD).write_text(json.dumps(record, indent=2))
