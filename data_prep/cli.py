@@ -54,6 +54,9 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                    help=f"synthetic stand-in only: test digits (default: {SVHN_SIZES['test']:,}, as SVHN)")
     p.add_argument("--no-download", action="store_true", help="never touch the network; missing files are an error")
     p.set_defaults(func=run_prepare)
+    from data_prep.digits4_cli import add_digits4_parser  # `prepare digits4`: MNIST, SVHN, FSDD and sentences
+
+    add_digits4_parser(datasets, p)
     return p
 
 
@@ -66,6 +69,8 @@ def generator_sizes(args: argparse.Namespace) -> dict[str, int] | None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Run `prepare mnist-svhn` from parsed arguments; 0 on success, 1 with a one-line error on bad input."""
+    if args.func is not run_prepare:  # another dataset's sub-command (digits4)
+        return args.func(args)
     try:
         manifest = prepare(
             raw_dir=args.raw,

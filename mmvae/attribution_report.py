@@ -534,6 +534,9 @@ def _sample_html(doc: dict, result: AttributionResult, model: MultimodalModel, i
             out.append(_figures([(t, b, f"{t} {m} sample {i}") for t, b in panels]))
         else:
             out.append(_img(curve_figure(result, model, m, i), f"attributions {m} sample {i}"))
+        from mmvae.media import report_html  # audio players, shaded tokens
+
+        out.append(report_html(model.modalities[m], result, m, i))
         rows = []
         for r in range(top_k):
             row = [str(r + 1)]

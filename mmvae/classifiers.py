@@ -141,6 +141,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from mmvae.digits4_classifiers import is_digits4, run_cli
+
+    if is_digits4(args.prepared):  # a digits4 folder: classifiers for images, audio and text
+        return run_cli(args)
     record = train_digit_classifiers(args.prepared, args.epochs, args.seed, args.device)
     print(json.dumps(record, indent=2))
     return 0

@@ -222,6 +222,7 @@ class DataConfig(Strict):
     train_size: int = Field(default=4096, ge=1)  # toy only
     test_size: int = Field(default=1024, ge=1)  # toy only
     missing_prob: float = Field(default=0.0, ge=0, lt=1)  # toy only: chance each modality is absent
+    missing: dict[str, float] = Field(default_factory=dict)  # digits4: {modality: chance it is absent from a training tuple}
 
     @field_validator("name")
     @classmethod

@@ -414,12 +414,15 @@ class _ModelScalar:
     def __init__(self, model: MultimodalModel, float_names: list[str], other_names: list[str]):
         self.model, self.float_names, self.other_names = model, float_names, other_names
 
+    mask_names: tuple[str, ...] = ()  # padded modalities whose element masks ride along after `present`
+
     def _joint_mu(self, args: tuple) -> tuple[Tensor, tuple]:
-        k, j = len(self.float_names), len(self.other_names)
+        k, j, n = len(self.float_names), len(self.other_names), len(self.mask_names)
         inputs = dict(zip(self.float_names, args[:k])) | dict(zip(self.other_names, args[k : k + j]))
         present_matrix = args[k + j]  # (B, M) bool, one column per model.names
         present = {m: present_matrix[:, i] for i, m in enumerate(self.model.names)}
-        return self.model.encode(inputs, present).joint.mean, args[k + j + 1 :]
+        masks = dict(zip(self.mask_names, args[k + j + 1 : k + j + 1 + n]))
+        return self.model.encode(inputs, present, masks or None).joint.mean, args[k + j + 1 + n :]
 
     def label_logits(self, *args: Tensor) -> Tensor:
         """(B, num_classes) logits from the joint factor."""
@@ -439,9 +442,14 @@ def input_attributions(
 
     Conditions and inputs that cannot be interpolated (token ids) ride along unchanged."""
     names = model.names
+    # A modality may say what IG interpolates (e.g. text: word embeddings instead of token ids).
+    inputs = {m: (model.modalities[m].attribution_input(x) if hasattr(model.modalities[m], "attribution_input") else x)
+              for m, x in enc.inputs.items()}
+    enc = Encoded(inputs, enc.present, enc.z_joint, enc.f_joint, enc.f_private, enc.cond, enc.masks)
     float_names = [m for m in names if enc.inputs[m].is_floating_point()]
     other_names = [m for m in names if m not in float_names] + list(model.conditions)
     scalar = _ModelScalar(model, float_names, other_names)
+    scalar.mask_names = tuple(enc.masks)
     present = torch.stack([enc.present[m] for m in names], dim=1)  # (B, M)
     n = present.shape[0]
     parts: dict[str, dict[str, list[Tensor]]] = {m: {} for m in names}
@@ -454,10 +462,10 @@ def input_attributions(
         sl = slice(lo, lo + settings.ig_batch)
         xs = tuple(enc.inputs[m][sl] for m in float_names)
         x0s = tuple(torch.zeros_like(x) for x in xs)  # the baseline: zeros in model-input space
-        common = (*(enc.inputs[m][sl] for m in other_names), present[sl])
+        common = (*(enc.inputs[m][sl] for m in other_names), present[sl], *(enc.masks[m][sl] for m in scalar.mask_names))
         with torch.no_grad():
             origin = model.encode(dict(zip(float_names, x0s)) | dict(zip(other_names, common)), {
-                m: present[sl, i] for i, m in enumerate(names)}).joint.mean
+                m: present[sl, i] for i, m in enumerate(names)}, _rows(enc.masks, sl) or None).joint.mean
         offset = enc.z_joint[sl] - origin
         direction = offset / offset.norm(dim=1, keepdim=True).clamp_min(1e-12)
         for kind, fn, tgt in jobs:

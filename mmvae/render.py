@@ -13,6 +13,10 @@ from mmvae.modalities import Modality
 def save_grid(modality: Modality, x: Tensor, path: Path, nrow: int, title: str | None = None,
               row_names: list[str] | None = None) -> Path:
     """Save samples x (N, *model_shape) of `modality` (modelled space) as one titled PNG grid, nrow per row."""
+    if modality.display in ("spectrogram", "tokens"):  # spectrogram tiles + .wav rows; sentences
+        from mmvae.media import save_media_grid
+
+        return save_media_grid(modality, x.detach().cpu(), Path(path), nrow, title)
     x = x.detach().float().cpu()
     n = (x.shape[0] // nrow) * nrow or x.shape[0]
     cols = min(nrow, x.shape[0])

@@ -63,6 +63,7 @@ def write_swap_grids(run: LoadedRun, out_dir: Path, n: int = 8, seed: int = 0) -
     model = run.model
     names = list(model.names)
     display = {m: model.modalities[m].display for m in names}
+    plain = [m for m in names if display[m] in ("image", "curve")]  # spectrograms and text: swap_media below
     _, test = build_sources(run.config)
     gen = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
@@ -72,7 +73,7 @@ def write_swap_grids(run: LoadedRun, out_dir: Path, n: int = 8, seed: int = 0) -
     shown_cols = model.preprocess(cols["x"], cols.get("mask"))
     content, style = "content (Z_y) from the sample on the left", "style (Z_{}) from the sample on top"
     written = []
-    for m in names:
+    for m in plain:
         if m not in getattr(model, "private_names", names):
             continue  # no private factor: nothing to swap
         cells = _pair_grid(model, rows, cols, m, None)
@@ -80,8 +81,8 @@ def write_swap_grids(run: LoadedRun, out_dir: Path, n: int = 8, seed: int = 0) -
                                   f"{m}: each cell takes the class of its row and the style of its column",
                                   row_heads=shown_rows[m], col_heads=shown_cols[m], row_label=content,
                                   col_label=style.format(m)))
-    for a in names:
-        for b in names:
+    for a in plain:
+        for b in plain:
             if a != b and b in getattr(model, "private_names", names):
                 # class read from `a` alone, style (private factor) from b's column donors, drawn as b
                 cells = _pair_grid(model, rows, cols, b, joint_from=[a])
@@ -92,7 +93,7 @@ def write_swap_grids(run: LoadedRun, out_dir: Path, n: int = 8, seed: int = 0) -
     torch.manual_seed(seed)
     z_joint, z_private = model.sample_prior(n)
     _, _, row_cond = encode_latents(model, rows)  # conditions (if any) of the row samples
-    for m in names:
+    for m in plain:
         zj = z_joint.repeat_interleave(n, 0)
         zp = {k: z.repeat(n, 1) for k, z in z_private.items()}
         cond = {c: f.repeat_interleave(n, 0) for c, f in row_cond.items()}
@@ -100,8 +101,11 @@ def write_swap_grids(run: LoadedRun, out_dir: Path, n: int = 8, seed: int = 0) -
         written.append(panel_grid(out_dir / f"prior_{m}.png", cells, display[m],
                                   f"{m} from the prior: Z_y drawn per row, Z_{m} drawn per column",
                                   row_label="same Z_y along a row", col_label=f"same Z_{m} down a column"))
-    for m in names:
+    for m in plain:
         written.append(_traversal(model, rows, m, out_dir / f"traverse_{m}.png"))
+    from mmvae.swap_media import write_media_swaps  # spectrogram and text modalities (and their cross swaps)
+
+    written += write_media_swaps(model, rows, cols, shown_rows, shown_cols, out_dir, _pair_grid, seed)
     return written
 
 

@@ -149,6 +149,30 @@ MNIST_SVHN_TARGETS: list[Target] = [
     ("swap/accuracy", ">=", 0.90, 0.80),
 ]
 
+def _build_digits4(config: "ExperimentConfig") -> tuple[BatchSource, BatchSource]:
+    from mmvae.data.digits4 import build
+
+    return build(config)
+
+
+def _digits4_metrics(run, train, test, settings) -> dict[str, Any]:
+    from mmvae.digits4_metrics import digits4_metrics
+
+    return digits4_metrics(run, train, test, settings)
+
+
+def _digits4_notes(prov: dict) -> list[str]:
+    from mmvae.digits4_metrics import digits4_notes
+
+    return digits4_notes(prov)
+
+
+def _digits4_targets() -> list[Target]:
+    from mmvae.data.digits4 import DIGITS4_TARGETS
+
+    return DIGITS4_TARGETS
+
+
 DATASETS: dict[str, DatasetEntry] = {
     "toy": DatasetEntry("toy", _build_toy, "built-in synthetic bars + waves", metrics=_toy_metrics,
                         targets=TOY_TARGETS, facts=_toy_facts),
@@ -156,6 +180,8 @@ DATASETS: dict[str, DatasetEntry] = {
                                metrics=_mnist_svhn_metrics, targets=MNIST_SVHN_TARGETS, needs_path=True,
                                provenance_notes=_mnist_svhn_notes, preflight=_mnist_svhn_preflight,
                                facts=_mnist_svhn_facts),
+    "digits4": DatasetEntry("digits4", _build_digits4, "see `mmvae prepare digits4`", metrics=_digits4_metrics,
+                            targets=_digits4_targets(), needs_path=True, provenance_notes=_digits4_notes),
 }
 
 

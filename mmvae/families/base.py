@@ -116,7 +116,10 @@ class MultimodalModel(nn.Module):
         Default: every trainable parameter in one group at the configured learning rate. Families (or
         modalities with pretrained parts) split off groups with their own `lr_scale`.
         """
-        return [{"params": [p for p in self.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        own = [g for m in self.modalities.values() for g in getattr(m, "param_groups", lambda: [])()]
+        taken = {id(p) for g in own for p in g["params"]}
+        rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
+        return [{"params": rest, "lr_scale": 1.0}, *own]  # modalities' own groups (e.g. a fine-tuned encoder)
 
     # --- checkpoints ------------------------------------------------------------------------------------
     @classmethod

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from mmvae.config import ModalityConfig
 from mmvae.modalities.base import DecoderInput, Encoding, Modality
+from mmvae.modalities.audio import Audio
 from mmvae.modalities.image import ImageConv, ImageMLP
+from mmvae.modalities.text import Text
 from mmvae.modalities.vector import Vector
 
 MODALITY_KINDS: dict[str, type[Modality]] = {
     ImageMLP.kind: ImageMLP,
     ImageConv.kind: ImageConv,
     Vector.kind: Vector,
+    Audio.kind: Audio,
+    Text.kind: Text,
 }
 
 
