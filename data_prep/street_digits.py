@@ -331,18 +331,24 @@ def generate_street_digits(n: int, seed: int, split: str = "train", workers: int
     jobs = list(zip((labels[s : s + CHUNK] for s in starts), chunk_root.spawn(len(starts))))
     images = np.empty((n, 3, OUT, OUT), dtype=np.uint8)
     build_atlas()  # render fonts once; forked workers inherit the atlas (as DataLoader workers inherit datasets)
+    from mmvae.progress import Progress
+
+    progress = Progress(n, f"street digits ({split})", "image", every_s=15.0)
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             for start, chunk in zip(starts, pool.imap(_chunk_job, jobs)):
                 images[start : start + len(chunk)] = chunk
+                progress.update(start + len(chunk))
     else:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # these ops are small: threads cost more than they give
         try:
             for start, job in zip(starts, jobs):
                 images[start : start + CHUNK] = generate_chunk(*job)
+                progress.update(min(n, start + CHUNK))
         finally:
             torch.set_num_threads(threads)
+    progress.close()
     return images, labels.astype(np.int64)
 
 

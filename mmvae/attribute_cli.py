@@ -70,8 +70,13 @@ def run(args: argparse.Namespace) -> int:
     device = next(loaded.model.parameters()).device
     batch = batch_to(source.gather(indices.to(source.device)), device)
     weights = reconstruction_term_weights(loaded.model, loaded.config.loss, loaded.step)
+    from mmvae.progress import Progress
+
+    progress = Progress(None, "attribute", "phase")
+    progress.event(f"{args.samples} samples: feature gradients, integrated gradients, deletion test ...")
     result = attribute(loaded.model, batch, settings, weights,
-                       f"loss.weights of the run's config at step {loaded.step} x the family's term scales")
+                       f"loss.weights of the run's config at step {loaded.step} x the family's term scales",
+                       on_phase=lambda name, s: progress.event(f"{name} done in {s:.1f} s"))
     meta = {
         "model": {"run_dir": str(args.run), "step": loaded.step, "config_name": loaded.config.name,
                   "fusion": loaded.config.model.fusion, "joint_dim": loaded.config.model.joint_dim,

@@ -75,7 +75,10 @@ def train_classifier(images: Tensor, labels: Tensor, epochs: int, seed: int, dev
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps)
     gen = torch.Generator().manual_seed(seed)
     net.train()
-    for _ in range(epochs):
+    from mmvae.progress import Progress
+
+    progress = Progress(steps, f"classifier {tuple(images.shape[1:])}", "step", every_s=15.0)
+    for epoch in range(epochs):
         order = torch.randperm(images.shape[0], generator=gen)
         for b in range(batches):
             idx = order[b * batch_size : (b + 1) * batch_size]
@@ -87,6 +90,8 @@ def train_classifier(images: Tensor, labels: Tensor, epochs: int, seed: int, dev
             loss.backward()
             opt.step()
             sched.step()
+            progress.update(epoch * batches + b + 1)
+    progress.close()
     return net.eval()
 
 

@@ -625,7 +625,8 @@ def deletion_tests(
 
 # --- the whole pass -----------------------------------------------------------------------------------
 def attribute(model: MultimodalModel, batch: dict, settings: AttributionSettings | None = None,
-              term_weights: dict[str, float] | None = None, term_weights_source: str | None = None) -> AttributionResult:
+              term_weights: dict[str, float] | None = None, term_weights_source: str | None = None,
+              on_phase: Callable[[str, float], None] | None = None) -> AttributionResult:
     """Every attribution of `settings` for one batch (see the module docstring).
 
     term_weights: w_m, the weight of recon/<m> in the training loss (see `reconstruction_term_weights`);
@@ -644,6 +645,8 @@ def attribute(model: MultimodalModel, batch: dict, settings: AttributionSettings
         for m, kinds in feature_attributions(model, enc, factor, settings, grads).items():
             maps[m].update(kinds)
         seconds[factor] = time.perf_counter() - clock
+        if on_phase:
+            on_phase(f"{factor}-factor gradients", seconds[factor])
         clock = time.perf_counter()
 
     labels = batch_labels(batch)
@@ -660,11 +663,15 @@ def attribute(model: MultimodalModel, batch: dict, settings: AttributionSettings
         for m, kinds in ig_maps.items():
             maps[m].update(kinds)
         seconds["integrated_gradients"] = time.perf_counter() - clock
+        if on_phase:
+            on_phase("integrated gradients", seconds["integrated_gradients"])
         clock = time.perf_counter()
 
     deletion = deletion_tests(model, enc, maps, target, settings) if settings.deletion else {}
     if settings.deletion:
         seconds["deletion"] = time.perf_counter() - clock
+        if on_phase:
+            on_phase("deletion test", seconds["deletion"])
     with torch.no_grad():
         recon = {
             m: model.mean(m, decode_from_features(model, m, enc.f_joint, enc.f_private.get(m), enc.cond))

@@ -154,3 +154,15 @@ def test_the_demo_shows_a_shared_class_and_private_styles(tmp_path, capsys):
     assert m["probe/private/bars"] <= 0.25 and m["probe/private/wave"] <= 0.25
     for name in ("within_bars", "within_wave", "cross_bars_to_wave", "cross_wave_to_bars"):
         assert (run / "swaps" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_progress_prints_plain_lines_when_not_a_terminal(capsys):
+    from mmvae.progress import Progress
+
+    p = Progress(10, "street digits (train)", "image", every_s=3600)
+    p.update(3)  # rate-limited: no line yet
+    p.update(10)  # the end always prints
+    p.event("done")
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith("street digits (train): image 10/10, 100%") and "images/s" in err[0]
+    assert err[1] == "street digits (train): done"
