@@ -23,10 +23,11 @@ def add_digits4_parser(datasets, mnist_svhn_parser: argparse.ArgumentParser) -> 
     p.add_argument("--fsdd", type=Path, default=fsdd, required=fsdd is None,
                    help=f"the FSDD tarball as shipped (default: {fsdd})")
     p.add_argument("--svhn", choices=SVHN_SOURCES, default="auto", help="as for mnist-svhn (default: auto)")
-    p.add_argument("--svhn-dir", type=Path, default=None)
+    p.add_argument("--svhn-dir", type=Path, default=None,
+                   help="folder with train_32x32.mat / test_32x32.mat (default: the MNIST raw folder's svhn/)")
     p.add_argument("--svhn-train-size", type=positive_int, default=None, help="synthetic stand-in only")
     p.add_argument("--svhn-test-size", type=positive_int, default=None, help="synthetic stand-in only")
-    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--no-download", action="store_true", help="never touch the network; missing files are an error")
     p.add_argument("--dm", type=positive_int, default=5, help="permutations per class and side (default: 5)")
     p.add_argument("--seed", type=int, default=0, help="pairing, recordings, grammar and the stand-in (default: 0)")
     p.add_argument("--audio-length", type=positive_int, default=digits4.AUDIO_LENGTH, help="samples kept per recording")
@@ -36,7 +37,7 @@ def add_digits4_parser(datasets, mnist_svhn_parser: argparse.ArgumentParser) -> 
     p.add_argument("--sentences-test", type=positive_int, default=digits4.SENTENCES_PER_DIGIT["test"],
                    help="sentence pool per digit, test")
     p.add_argument("--workers", type=positive_int, default=1, help="processes for the stand-in generator")
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output folder for the prepared arrays and manifest.json")
     p.set_defaults(func=run_digits4)
     return p
 

@@ -74,12 +74,15 @@ def long_config(tmp_path) -> Path:
 @pytest.mark.slow
 def test_a_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(long_config, tmp_path):
     run = tmp_path / "run"
-    writer = _start_writer(long_config, run)
+    # 2,000 epochs: the writer must still be alive for both refusals on a quiet machine too (the test kills it).
+    endless = tmp_path / "endless.yaml"
+    endless.write_text(config_to_yaml(tiny_config(tmp_path, (*LONG, "train.epochs=2000"))))
+    writer = _start_writer(endless, run)
     try:
         _wait_for(lambda: _lock_pid(run) == writer.pid and find_latest_checkpoint(run, clean_leftovers=False),
                   writer, what="the writer's lock and first checkpoint")
         for extra in (["--resume"], []):  # with --resume it used to be accepted: two writers in one folder
-            second = _run("train", long_config, "--run-dir", run, *extra)
+            second = _run("train", endless, "--run-dir", run, *extra)
             assert second.returncode == 2, second.stderr[-2000:]
             last = _last_line(second.stderr)
             assert f"is being written by another training (pid {writer.pid} on host {socket.gethostname()}" in last
@@ -93,7 +96,7 @@ def test_a_second_writer_is_refused_and_a_killed_writers_lock_is_taken_over(long
             writer.wait()
     assert _lock_pid(run) == writer.pid  # the dead writer's lock file is still there ...
     last = load_checkpoint(find_latest_checkpoint(run, clean_leftovers=False)).step
-    resumed = _run("train", long_config, "--run-dir", run, "--resume", "--stop-at-step", last + 1)
+    resumed = _run("train", endless, "--run-dir", run, "--resume", "--stop-at-step", last + 1)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"taking over the stale lock of pid {writer.pid}" in resumed.stderr  # ... and is taken over
     assert not (run / LOCK_NAME).exists()  # a clean exit removes it
