@@ -14,6 +14,7 @@ from pathlib import Path
 from data_prep.errors import DataError
 from data_prep.mnist_svhn import SVHN_SOURCES, prepare
 from data_prep.street_digits import SVHN_SIZES
+from mmvae.cli_types import positive_int  # noqa: F401  (also used by digits4_cli and classifiers)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_MNIST = REPO_ROOT / ".." / "shared" / "data" / "mnist"
@@ -22,14 +23,6 @@ SHARED_MNIST = REPO_ROOT / ".." / "shared" / "data" / "mnist"
 def default_raw_dir() -> Path | None:
     """../shared/data/mnist relative to the repository when it exists, else None."""
     return SHARED_MNIST.resolve() if SHARED_MNIST.is_dir() else None
-
-
-def positive_int(text: str) -> int:
-    """argparse type: an integer >= 1."""
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
 
 
 def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:

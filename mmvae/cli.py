@@ -8,32 +8,10 @@ import sys
 import time
 from pathlib import Path
 
+from mmvae.cli_types import non_negative_int, positive_int
+
 DEFAULT_DEMO_CONFIG = "toy"  # a shipped config: found from any directory
 DEMO_MARKER = ".mmvae-demo"
-
-
-# issue 15: argparse types, so that a bad number is refused by the parser (exit 2, naming the option).
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text[:40]!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    """An integer >= 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text[:40]!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
 
 ON_CORRUPT_HELP = ("what to do when the newest checkpoint is corrupt or invalid: 'fallback' (default) uses the newest "
                    "valid older one, with a warning and `fell_back_from` in the summary; 'error' refuses (exit 2)")

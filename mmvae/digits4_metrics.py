@@ -158,5 +158,3 @@ def digits4_notes(prov: dict) -> list[str]:
         lines.append(f"Text: grammar {g.get('version')} (seed {g.get('seed')}, {len(g.get('vocab', []))} words).")
     return lines
 
-
-from mmvae.data.digits4 import DIGITS4_TARGETS  # noqa: E402,F401  (kept beside the data: the registry reads it)

@@ -19,7 +19,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
-import torch
 from torch import Tensor
 
 from mmvae.batch import element_mask

@@ -8,20 +8,17 @@ folder (and anything a symlink points at) is byte-for-byte unchanged. Entries ru
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable
 
 import pytest
 import torch
 
 from mmvae.cli import main
-from mmvae.config import config_to_yaml
 from mmvae.runlock import RunLock
 from tests.ckpt_tools import (
     copy_run,

@@ -8,7 +8,6 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from mmvae.cli import build_parser, main
 from mmvae.config import config_to_yaml

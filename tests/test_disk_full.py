@@ -9,7 +9,6 @@ from __future__ import annotations
 import errno
 import shutil
 import subprocess
-from pathlib import Path
 
 import pytest
 import torch

@@ -116,9 +116,11 @@ TOY_TARGETS: list[Target] = [
 
 
 def _mnist_svhn_preflight(config: "ExperimentConfig") -> None:
+    from pathlib import Path
+
     from mmvae.classifiers import CACHE_DIR
 
-    record = __import__("pathlib").Path(config.data.path) / CACHE_DIR / "classifiers.json"
+    record = Path(config.data.path) / CACHE_DIR / "classifiers.json"
     if not record.is_file():
         raise FileNotFoundError(f"{record} is missing: evaluation scores generated digits with cached classifiers; "
                                 f"train them once with `mmvae classifiers {config.data.path}`")
