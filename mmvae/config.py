@@ -90,6 +90,7 @@ class HeadConfig(Strict):
 
 class ModelConfig(Strict):
     family: str = "factorized"  # a key of mmvae.families.FAMILIES
+    family_options: dict[str, Any] = Field(default_factory=dict)  # family-specific settings, typed by the family
     modalities: dict[str, ModalityConfig] = Field(min_length=1)
     joint_dim: int = Field(default=20, ge=1)
     joint_feature_dim: int = Field(default=64, ge=1)
@@ -190,6 +191,7 @@ class LossConfig(Strict):
     @field_validator("terms")
     @classmethod
     def _known_terms(cls, terms: list[str] | None) -> list[str] | None:
+        import mmvae.families  # noqa: F401  (families register their own term groups)
         from mmvae.losses import LOSS_TERMS
 
         for t in terms or []:

@@ -130,6 +130,16 @@ class MixtureOfDiagonalGaussians:
     def kl_to_prior(self) -> None:
         return None
 
+    def mean_component_kl(self) -> Tensor:
+        """sum_c w_c KL(q_c || N(0, I)) per sample (B,): by convexity an upper bound of the mixture's KL
+        (the divergence MoPoE-VAE optimises)."""
+        kl = self.components.kl_to_standard_normal()  # (C, B)
+        return torch.where(self.weights > 0, self.weights * kl, torch.zeros_like(kl)).sum(0)
+
+    def detach(self) -> "MixtureOfDiagonalGaussians":
+        """The same mixture with no gradient to its parameters (DReG's stop-gradient in log q)."""
+        return MixtureOfDiagonalGaussians(self.mu.detach(), self.logvar.detach(), self.weights.detach())
+
 
 def standard_normal_log_prob(z: Tensor) -> Tensor:
     """log N(z; 0, I) summed over the last dimension."""

@@ -9,9 +9,15 @@ from __future__ import annotations
 from mmvae.config import ModelConfig
 from mmvae.families.base import ForwardOutput, MultimodalModel, Posteriors
 from mmvae.families.factorized import FactorizedMultimodalVAE
+from mmvae.families.mmvae_moe import MMVAE
+from mmvae.families.mopoe import MoPoEVAE
+from mmvae.families.mvae import MVAE
 
 FAMILIES: dict[str, type[MultimodalModel]] = {
     FactorizedMultimodalVAE.family: FactorizedMultimodalVAE,
+    MVAE.family: MVAE,  # Wu & Goodman 2018: PoE, sub-sampled ELBOs
+    MMVAE.family: MMVAE,  # Shi et al. 2019: MoE, stratified IWAE / DReG
+    MoPoEVAE.family: MoPoEVAE,  # Sutter et al. 2021: mixture of subset PoEs
 }
 
 

@@ -8,6 +8,7 @@
     forward(batch, sample)          -> ForwardOutput   (every parameter is used here: what DDP needs)
     classify(z_joint)               label logits (families with a label head)
     default_loss_terms, term_scales  which loss-term groups make the loss and per-term size corrections
+    Options                         the typed `model.family_options` (none by default); parsed into `self.options`
     param_groups(train_config)      optimiser groups, e.g. a frozen or slower pretrained encoder
     attribution hooks               joint_features, private_features, decode_from_features, fuse
 
@@ -17,14 +18,17 @@ A family with no private factor returns an empty `private` dict and ignores `z_p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import torch
+from pydantic import BaseModel
 from torch import Tensor, nn
 
 from mmvae.batch import Batch, restrict_present
 from mmvae.config import ModelConfig
 from mmvae.latent import DiagonalGaussian, JointPosterior
 from mmvae.modalities import Encoding, Modality
+from mmvae.modalities.base import NoOptions, parse_options
 
 
 @dataclass
@@ -46,6 +50,7 @@ class ForwardOutput:
     f_private: dict[str, Tensor] = field(default_factory=dict)  # (B, Fm)
     cond: dict[str, Tensor] = field(default_factory=dict)  # condition features (B, F_c)
     masks: dict[str, Tensor] = field(default_factory=dict)  # per-element masks of padded modalities
+    extras: dict[str, Any] = field(default_factory=dict)  # what a family's own loss terms read (e.g. K samples)
 
     @property
     def logits(self) -> Tensor | None:
@@ -58,10 +63,13 @@ class MultimodalModel(nn.Module):
 
     family: str = ""
     default_loss_terms: tuple[str, ...] = ("reconstruction", "heads", "prior")
+    Options: ClassVar[type[BaseModel]] = NoOptions  # the family's typed `model.family_options`
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
+        self.options: Any = parse_options("model.family_options", self.family, self.Options, config.family_options,
+                                          label="family")
         self.names: list[str] = config.observed  # fused, reconstructed
         self.conditions: list[str] = config.conditions  # encoded only
         self.modalities: nn.ModuleDict

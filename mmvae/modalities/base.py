@@ -60,8 +60,8 @@ class NoOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-def parse_options(name: str, kind: str, options_type: type[BaseModel], options: dict) -> BaseModel:
-    """Validate a modality's (or head's) `options` with its kind's typed Options; errors name the key."""
+def parse_options(name: str, kind: str, options_type: type[BaseModel], options: dict, label: str = "kind") -> BaseModel:
+    """Validate a modality's (head's, family's) `options` with its kind's typed Options; errors name the key."""
     try:
         return options_type.model_validate(options)
     except ValidationError as err:
@@ -73,7 +73,7 @@ def parse_options(name: str, kind: str, options_type: type[BaseModel], options: 
             else:
                 problems.append(f"option {key!r}: {e['msg']}")
         allowed = sorted(options_type.model_fields)
-        raise ConfigError(f"{name} (kind {kind}): {'; '.join(problems)}; allowed options: {allowed}") from None
+        raise ConfigError(f"{name} ({label} {kind}): {'; '.join(problems)}; allowed options: {allowed}") from None
 
 
 class Modality(nn.Module):
