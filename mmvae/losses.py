@@ -10,7 +10,8 @@ All terms are averaged over the batch, absent samples contributing zero.
 
 Weights come from `loss.weights`, matched by term name or glob pattern (the most specific wins), each
 a constant or a linear warm-up; a family's `term_scales` (size-corrected reconstruction) multiply in.
-Adding a term group is one class here (or in its own file) plus one line in `LOSS_TERMS`.
+Adding a term group is one class here (or in its own file) plus one line in `LOSS_TERMS`; a family whose
+objective is its own registers its group from its file (families/dmvae.py, families/mmvae_plus.py).
 """
 
 from __future__ import annotations
@@ -18,14 +19,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from typing import TYPE_CHECKING
 
 from torch import Tensor
 
 from mmvae.batch import element_mask
 from mmvae.config import ConfigError, LossConfig, did_you_mean
-from mmvae.families.base import ForwardOutput, MultimodalModel
 from mmvae.heads import label_term, masked_batch_mean  # noqa: F401  (label_term: re-exported for callers)
 from mmvae.latent import mmd_to_standard_normal, standard_normal_log_prob
+
+if TYPE_CHECKING:  # annotations only: a family file may import this module and register its own term groups
+    from mmvae.families.base import ForwardOutput, MultimodalModel
 
 GatherFn = Callable[[Tensor], Tensor]
 
