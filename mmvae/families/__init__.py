@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from mmvae.config import ModelConfig
 from mmvae.families.base import ForwardOutput, MultimodalModel, Posteriors
+from mmvae.families.dmvae import DMVAE
 from mmvae.families.factorized import FactorizedMultimodalVAE
 
 FAMILIES: dict[str, type[MultimodalModel]] = {
     FactorizedMultimodalVAE.family: FactorizedMultimodalVAE,
+    DMVAE.family: DMVAE,
 }
 
 
