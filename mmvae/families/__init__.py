@@ -10,10 +10,12 @@ from mmvae.config import ModelConfig
 from mmvae.families.base import ForwardOutput, MultimodalModel, Posteriors
 from mmvae.families.dmvae import DMVAE
 from mmvae.families.factorized import FactorizedMultimodalVAE
+from mmvae.families.mmvae_plus import MMVAEPlus
 
 FAMILIES: dict[str, type[MultimodalModel]] = {
     FactorizedMultimodalVAE.family: FactorizedMultimodalVAE,
     DMVAE.family: DMVAE,
+    MMVAEPlus.family: MMVAEPlus,
 }
 
 
