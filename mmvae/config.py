@@ -90,7 +90,8 @@ class HeadConfig(Strict):
 
 class ModelConfig(Strict):
     family: str = "factorized"  # a key of mmvae.families.FAMILIES
-    family_options: dict[str, Any] = Field(default_factory=dict)  # family-specific settings, typed by the family
+    # Family-specific settings, typed by the family's `Options` (e.g. mmvae_plus: K, estimator); checked below.
+    family_options: dict[str, Any] = Field(default_factory=dict)
     modalities: dict[str, ModalityConfig] = Field(min_length=1)
     joint_dim: int = Field(default=20, ge=1)
     joint_feature_dim: int = Field(default=64, ge=1)
@@ -134,6 +135,14 @@ class ModelConfig(Strict):
         from mmvae.fusion import FUSIONS
 
         return check_registered("fusion", fusion, FUSIONS)
+
+    @model_validator(mode="after")
+    def _check_family_options(self) -> "ModelConfig":
+        from mmvae.families import FAMILIES
+        from mmvae.families.base import parse_family_options
+
+        parse_family_options(FAMILIES[self.family], self.family_options)
+        return self
 
     @model_validator(mode="after")
     def _check_roles(self) -> "ModelConfig":
@@ -191,7 +200,7 @@ class LossConfig(Strict):
     @field_validator("terms")
     @classmethod
     def _known_terms(cls, terms: list[str] | None) -> list[str] | None:
-        import mmvae.families  # noqa: F401  (families register their own term groups)
+        import mmvae.families  # noqa: F401  (families register their own term groups when imported)
         from mmvae.losses import LOSS_TERMS
 
         for t in terms or []:

@@ -62,7 +62,7 @@ def digits4_generative(model, source, classifiers: dict, limit: int, prior_sampl
         donor = torch.roll(torch.arange(n, device=device), 1)
         for s in subsets(names):
             z_s, _, _ = encode_latents(model, batch, joint_from=list(s))
-            prior_private = {m: torch.randn_like(z) for m, z in z_priv.items()}
+            prior_private = model.cross_private(z_priv)
             params = model.decode(z_s, prior_private, names, cond)
             for t in names:
                 pred = classify(classifiers, t, model.mean(t, params[t]))

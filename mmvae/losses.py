@@ -12,7 +12,7 @@ Weights come from `loss.weights`, matched by term name or glob pattern (the most
 a constant or a linear warm-up; a family's `term_scales` (size-corrected reconstruction) multiply in.
 Adding a term group is one class here (or in its own file) plus one line in `LOSS_TERMS`. The zoo families
 register theirs from their own files: `mvae_subsets` (mvae.py), `mmvae_bound` (mmvae_moe.py), `mopoe_kl`
-(mopoe.py).
+(mopoe.py), `dmvae` (dmvae.py), `mmvae_plus` (mmvae_plus.py).
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def generative_metrics(model: MultimodalModel, source: BatchSource, classifiers:
             for b in names:
                 if a == b:
                     continue
-                prior_private = {m: torch.randn_like(z) for m, z in z_priv.items()}
+                prior_private = model.cross_private(z_priv)
                 gen = model.mean(b, model.decode(z_a, prior_private, [b], cond)[b])
                 add(f"coherence/{a}->{b}", coherence(predict(classifiers[b], gen), y), n)
         for m in names:

@@ -50,7 +50,7 @@ def generative_toy_metrics(model, source, limit: int, seed: int = 0) -> dict[str
             z_a, _ = encode_means(model, batch, joint_from=[a])
             for b in names:
                 if a != b:
-                    prior = {m: torch.randn_like(z) for m, z in z_priv.items()}
+                    prior = model.cross_private(z_priv)
                     out = model.mean(b, model.decode(z_a, prior, [b], cond)[b])
                     add(f"coherence/{a}->{b}", TOY_READERS[b](out)["class"] == y)
         for m in names:

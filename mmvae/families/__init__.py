@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from mmvae.config import ModelConfig
 from mmvae.families.base import ForwardOutput, MultimodalModel, Posteriors
+from mmvae.families.dmvae import DMVAE
 from mmvae.families.factorized import FactorizedMultimodalVAE
 from mmvae.families.mmvae_moe import MMVAE
+from mmvae.families.mmvae_plus import MMVAEPlus
 from mmvae.families.mopoe import MoPoEVAE
 from mmvae.families.mvae import MVAE
 
@@ -18,6 +20,8 @@ FAMILIES: dict[str, type[MultimodalModel]] = {
     MVAE.family: MVAE,  # Wu & Goodman 2018: PoE, sub-sampled ELBOs
     MMVAE.family: MMVAE,  # Shi et al. 2019: MoE, stratified IWAE / DReG
     MoPoEVAE.family: MoPoEVAE,  # Sutter et al. 2021: mixture of subset PoEs
+    DMVAE.family: DMVAE,  # Lee & Pavlovic 2021: PoE shared + private latents, cross-reconstruction
+    MMVAEPlus.family: MMVAEPlus,  # Palumbo et al. 2023: MoE shared z + private w with auxiliary priors
 }
 
 

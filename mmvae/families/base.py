@@ -5,6 +5,8 @@
     posteriors(batch, joint_from)   the same from a batch; Z_y inferred from the modalities in joint_from only
     decode(z_joint, z_private, names, cond) -> likelihood parameters per modality
     sample_prior(n, device)         -> (z_joint (n, Dy), {m: (n, Dm)})
+    cross_private(like)             private latents for generating a modality from another one's Z_y
+                                    (default N(0, I); MMVAE+ draws from its auxiliary prior r(w_m))
     forward(batch, sample)          -> ForwardOutput   (every parameter is used here: what DDP needs)
     classify(z_joint)               label logits (families with a label head)
     default_loss_terms, term_scales  which loss-term groups make the loss and per-term size corrections
@@ -12,7 +14,8 @@
     param_groups(train_config)      optimiser groups, e.g. a frozen or slower pretrained encoder
     attribution hooks               joint_features, private_features, decode_from_features, fuse
 
-A family with no private factor returns an empty `private` dict and ignores `z_private`.
+A family with no private factor returns an empty `private` dict and ignores `z_private`. A family's own
+settings are `model.family_options`, typed by its `Options` pydantic model (`parse_family_options`).
 """
 
 from __future__ import annotations
@@ -21,14 +24,14 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from torch import Tensor, nn
 
 from mmvae.batch import Batch, restrict_present
-from mmvae.config import ModelConfig
+from mmvae.config import ConfigError, ModelConfig
 from mmvae.latent import DiagonalGaussian, JointPosterior
 from mmvae.modalities import Encoding, Modality
-from mmvae.modalities.base import NoOptions, parse_options
+from mmvae.modalities.base import NoOptions
 
 
 @dataclass
@@ -58,18 +61,32 @@ class ForwardOutput:
         return self.heads.get("label")
 
 
+def parse_family_options(family: type["MultimodalModel"], options: dict) -> BaseModel:
+    """`model.family_options` validated by the family's `Options`; errors name the option and list the allowed ones."""
+    try:
+        return family.Options.model_validate(options)
+    except ValidationError as err:
+        problems = []
+        for e in err.errors():
+            key = ".".join(str(p) for p in e["loc"])
+            problems.append(f"unknown option {key!r}" if e["type"] == "extra_forbidden" else f"option {key!r}: {e['msg']}")
+        allowed = sorted(family.Options.model_fields)
+        raise ConfigError(f"model.family_options (family {family.family}): {'; '.join(problems)}; "
+                          f"allowed options: {allowed}") from None
+
+
 class MultimodalModel(nn.Module):
     """Base class of every family: names, modalities and the helpers every family shares."""
 
     family: str = ""
+    Options: ClassVar[type[BaseModel]] = NoOptions  # the family's typed `model.family_options`
     default_loss_terms: tuple[str, ...] = ("reconstruction", "heads", "prior")
     Options: ClassVar[type[BaseModel]] = NoOptions  # the family's typed `model.family_options`
 
     def __init__(self, config: ModelConfig):
         super().__init__()
         self.config = config
-        self.options: Any = parse_options("model.family_options", self.family, self.Options, config.family_options,
-                                          label="family")
+        self.options = parse_family_options(type(self), config.family_options)
         self.names: list[str] = config.observed  # fused, reconstructed
         self.conditions: list[str] = config.conditions  # encoded only
         self.modalities: nn.ModuleDict
@@ -97,6 +114,11 @@ class MultimodalModel(nn.Module):
 
     def sample_prior(self, n: int, device: torch.device | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         raise NotImplementedError
+
+    def cross_private(self, like: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Private latents for generating modalities whose data is not seen (cross-modal generation), shaped like
+        `like` {m: (B, Dm)} (its values are not read): N(0, I) draws, the prior of every private factor."""
+        return {m: torch.randn_like(z) for m, z in like.items()}
 
     def classify(self, z_joint: Tensor) -> Tensor:
         raise ValueError(f"model family {self.family!r} has no label head")
