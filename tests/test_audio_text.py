@@ -48,6 +48,17 @@ def test_audio_shapes_and_frame_mask():
     assert (feats[1][:, ~frames[1]] == 0).all() and feats[0].max() > 0.5
 
 
+def test_mel_power_matches_torchaudio():
+    """The power path (re² + im², no square root) gives torchaudio's MelSpectrogram(power=2) to float rounding."""
+    torch.manual_seed(0)
+    mod = audio(length=2048)
+    wave = torch.randn(3, 2048) * 0.3
+    ours, theirs = mod.features.mel_power(wave), mod.features.mel(wave)
+    assert ours.shape == theirs.shape == (3, 16, 17)
+    assert torch.allclose(ours, theirs, rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(ours, mod.features.mel(wave * 0.5), rtol=1e-3)  # a different wave differs
+
+
 def test_audio_likelihood_ignores_padded_frames_and_their_gradient():
     torch.manual_seed(0)
     mod = audio()
