@@ -170,7 +170,10 @@ def train_digits4_classifiers(prepared_dir: str | Path, epochs: int = 4, seed: i
                                    "test_accuracy": acc, "train_items": int(len(xs["train"])),
                                    "test_items": int(len(xs["test"])), "seconds": time.time() - started}
         log(f"classifier {m}: test accuracy {acc:.4f} on {len(xs['test'])} items ({time.time() - started:.0f} s)")
-    (out_dir / RECORD).write_text(json.dumps(record, indent=2))
+        # After every classifier (atomically), so an interrupted run keeps the record of what it finished.
+        tmp = out_dir / (RECORD + ".tmp")
+        tmp.write_text(json.dumps(record, indent=2))
+        tmp.replace(out_dir / RECORD)
     return record
 
 
