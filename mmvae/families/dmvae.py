@@ -41,7 +41,7 @@ from mmvae.batch import Batch, element_mask, restrict_present
 from mmvae.config import ConfigError, ModelConfig
 from mmvae.families.base import ForwardOutput, Posteriors
 from mmvae.families.factorized import FactorizedMultimodalVAE
-from mmvae.heads import HeadInput, masked_batch_mean
+from mmvae.heads import masked_batch_mean
 from mmvae.latent import DiagonalGaussian, product_of_experts
 from mmvae.losses import LOSS_TERMS, LossTerms
 
@@ -99,11 +99,7 @@ class DMVAE(FactorizedMultimodalVAE):
             params[m] = chunks[0]
             from_uni.update({(m, n): chunks[1 + i] for i, n in enumerate(self.names)})
         f_joint = f_all[: z_joint.shape[0]]
-        head_in = HeadInput(z_joint, f_joint, f_private, encodings, {}, batch)
-        heads = {}
-        for name, head in self.heads.items():
-            head_in.cond = {c: cond[c] for c in head.config.conditioned_on}
-            heads[name] = head(head_in)
+        heads = self.run_heads(z_joint, f_joint, f_private, encodings, cond, batch)
         post = Posteriors(joint=joint, private=private, encodings=encodings)
         return DMVAEOutput(inputs, post, z_joint, z_private, params, heads, f_joint, f_private, cond, masks,
                            unimodal=unimodal, z_unimodal=z_uni, from_unimodal=from_uni)

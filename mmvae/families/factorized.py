@@ -163,12 +163,18 @@ class FactorizedMultimodalVAE(MultimodalModel):
         cond = self.condition_features(post.encodings)
         f_private = {m: self.private_features[m](z) for m, z in z_private.items()}
         params = {m: self.decode_from_features(m, f_joint, f_private.get(m), cond) for m in self.names}
-        head_in = HeadInput(z_joint, f_joint, f_private, post.encodings, {}, batch)
+        heads = self.run_heads(z_joint, f_joint, f_private, post.encodings, cond, batch)
+        return ForwardOutput(inputs, post, z_joint, z_private, params, heads, f_joint, f_private, cond, masks)
+
+    def run_heads(self, z_joint: Tensor, f_joint: Tensor, f_private: dict[str, Tensor],
+                  encodings: dict[str, Encoding], cond: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
+        """Every head's output, by name; each head sees the condition features it lists in `conditioned_on`."""
+        head_in = HeadInput(z_joint, f_joint, f_private, encodings, {}, batch)
         heads = {}
         for name, head in self.heads.items():
             head_in.cond = {c: cond[c] for c in head.config.conditioned_on}
             heads[name] = head(head_in)
-        return ForwardOutput(inputs, post, z_joint, z_private, params, heads, f_joint, f_private, cond, masks)
+        return heads
 
     def subsample_for_joint(self, present: dict[str, Tensor]) -> dict[str, Tensor]:
         """Hide each present modality from the joint encoder with chance joint_subset_drop, keeping at least one."""

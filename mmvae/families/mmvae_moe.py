@@ -39,7 +39,7 @@ from mmvae.batch import Batch, element_mask
 from mmvae.config import ConfigError
 from mmvae.families.base import ForwardOutput
 from mmvae.families.shared_latent import SharedLatentVAE
-from mmvae.heads import HeadInput, masked_batch_mean
+from mmvae.heads import masked_batch_mean
 from mmvae.latent import MixtureOfDiagonalGaussians, standard_normal_log_prob
 from mmvae.losses import LOSS_TERMS, LossTerms
 
@@ -83,11 +83,7 @@ class MMVAE(SharedLatentVAE):
         z_joint = z_each[0, choice, rows]  # (B, D), outside the DReG-scaled path
         f_joint = self.joint_features(z_joint)
         params = {m: p[choice * b + rows] for m, p in params_all.items()}
-        head_in = HeadInput(z_joint, f_joint, {}, post.encodings, {}, batch)
-        heads = {}
-        for name, head in self.heads.items():
-            head_in.cond = {c: cond[c] for c in head.config.conditioned_on}
-            heads[name] = head(head_in)
+        heads = self.run_heads(z_joint, f_joint, {}, post.encodings, cond, batch)
         return ForwardOutput(inputs, post, z_joint, {}, params, heads, f_joint, {}, cond, masks,
                              extras={"z": z, "params": params_all})
 

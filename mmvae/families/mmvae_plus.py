@@ -48,7 +48,6 @@ from mmvae.batch import Batch, element_mask
 from mmvae.config import ConfigError, ModelConfig
 from mmvae.families.base import ForwardOutput, Posteriors
 from mmvae.families.factorized import FactorizedMultimodalVAE
-from mmvae.heads import HeadInput
 from mmvae.latent import DiagonalGaussian, MixtureOfDiagonalGaussians, standard_normal_log_prob
 from mmvae.losses import LOSS_TERMS, LossTerms
 
@@ -157,11 +156,7 @@ class MMVAEPlus(FactorizedMultimodalVAE):
         z_joint = joint.rsample() if sample else joint.mean
         f_joint = self.joint_features(z_joint)
         f_private = {m: self.private_features[m](z) for m, z in z_private.items()}
-        head_in = HeadInput(z_joint, f_joint, f_private, encodings, {}, batch)
-        heads = {}
-        for name, head in self.heads.items():
-            head_in.cond = {c: cond[c] for c in head.config.conditioned_on}
-            heads[name] = head(head_in)
+        heads = self.run_heads(z_joint, f_joint, f_private, encodings, cond, batch)
         post = Posteriors(joint=joint, private=private, encodings=encodings)
         return MMVAEPlusOutput(inputs, post, z_joint, z_private, params, heads, f_joint, f_private, cond, masks,
                                strata_z=zs, strata_w=own_w, strata_params=strata_params)
