@@ -105,7 +105,9 @@ class Pairing:
 PAIRINGS: tuple[Pairing, ...] = (
     Pairing("MVAE", "mvae", {"use_subsampling": True, "k": 0, "warmup": 0, "beta": 1.0}),
     Pairing("MMVAE", "mmvae", {"K": 1, "loss": "iwae_looser", "prior_and_posterior_dist": "normal",
-                               "learn_prior": False, "beta": 1.0}),
+                               "learn_prior": False, "beta": 1.0},
+            ours_overrides=("model.family_options.K=1", "model.family_options.estimator=iwae",
+                            "model.family_options.bound=looser")),
     Pairing("MoPoE", "mopoe", {"beta": 1.0}),
     Pairing("DMVAE", "dmvae", {"modalities_specific_dim": {"mnist": 4, "svhn": 8}, "beta": 1.0},
             private={"mnist": 4, "svhn": 8}),
@@ -221,6 +223,9 @@ def make_data(kind: str, n: int, seed: int, path: Path) -> str:
 def ours_config(pairing: Pairing, family: str, args, private: dict) -> dict:
     """Our experiment-config tree for one pairing (the reference nets, no label head, no clipping)."""
     from mmvae.config import apply_override
+    from mmvae.families import FAMILIES
+
+    fusion = getattr(FAMILIES[family], "fusion_name", "") or "poe"  # mmvae: moe, mopoe: mopoe; the rest PoE
 
     def modality(kind: str, shape: list[int], hidden: list[int], name: str, options: dict | None = None) -> dict:
         entry = {"kind": kind, "shape": shape, "hidden": hidden, "private_dim": int(private.get(name, 0)),
@@ -233,7 +238,7 @@ def ours_config(pairing: Pairing, family: str, args, private: dict) -> dict:
         "name": f"bench_multivae_{pairing.name.lower()}", "seed": args.seed,
         "data": {"name": "mnist_svhn", "path": "unused-by-the-benchmark"},
         "model": {
-            "family": family, "joint_dim": NETS["joint_dim"], "fusion": "poe", "fusion_hidden": [], "num_classes": 0,
+            "family": family, "joint_dim": NETS["joint_dim"], "fusion": fusion, "fusion_hidden": [], "num_classes": 0,
             "modalities": {
                 "mnist": modality("image_mlp", [1, 28, 28], [NETS["mnist_hidden"]], "mnist"),
                 "svhn": modality("image_conv", [3, 32, 32], [], "svhn", {"channels": list(NETS["svhn_channels"])}),
