@@ -255,6 +255,68 @@ class Plan:
     spiral: float  # metres: search radius while pressing (insert)
 
 
+class FrameRenderer:
+    """Offscreen frames of one fixed camera of a model: RGB, depth and the body seen at each pixel."""
+
+    def __init__(self, m, camera: int, size: int = IMAGE_SIZE):
+        import mujoco
+
+        self.mj, self.m, self.cam, self.size = mujoco, m, camera, size
+        self._init()
+
+    def _init(self) -> None:
+        """An offscreen GL context of the image size, one scene and camera (no shadows, no multisampling: the
+        segmentation pass must not blend ids)."""
+        mj, m = self.mj, self.m
+        self.gl = mj.GLContext(self.size, self.size)
+        self.gl.make_current()
+        self.scene = mj.MjvScene(m, maxgeom=1000)
+        self.ctx = mj.MjrContext(m, mj.mjtFontScale.mjFONTSCALE_50)
+        mj.mjr_setBuffer(mj.mjtFramebuffer.mjFB_OFFSCREEN, self.ctx)
+        self.ctx.readDepthMap = mj.mjtDepthMap.mjDEPTH_ZEROFAR
+        self.vopt = mj.MjvOption()
+        self.mjcam = mj.MjvCamera()
+        self.mjcam.type = mj.mjtCamera.mjCAMERA_FIXED
+        self.mjcam.fixedcamid = self.cam
+        self.rect = mj.MjrRect(0, 0, self.size, self.size)
+        extent = m.stat.extent
+        znear, zfar = np.float32(m.vis.map.znear * extent), np.float32(m.vis.map.zfar * extent)
+        c = -(zfar + znear) / (zfar - znear)
+        dd = -(np.float32(2) * zfar * znear) / (zfar - znear)
+        self.depth_c, self.depth_d = np.float32(-0.5) * c - np.float32(0.5), np.float32(-0.5) * dd  # reversed Z
+
+    def render(self, d) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """RGB (H, W, 3) uint8, depth (H, W) float32 metres along the camera axis, body id (H, W) int (-1: no geom):
+        a lit pass for RGB, then one segmentation pass that gives both the geom ids and the depth."""
+        mj, m, scn, n = self.mj, self.m, self.scene, self.size
+        self.gl.make_current()
+        mj.mjv_updateScene(m, d, self.vopt, None, self.mjcam, mj.mjtCatBit.mjCAT_ALL, scn)
+        rgb = np.empty((n, n, 3), np.uint8)
+        mj.mjr_render(self.rect, scn, self.ctx)
+        mj.mjr_readPixels(rgb, None, self.rect, self.ctx)
+        scn.flags[mj.mjtRndFlag.mjRND_SEGMENT] = True
+        scn.flags[mj.mjtRndFlag.mjRND_IDCOLOR] = True
+        ids = np.empty((n, n, 3), np.uint8)
+        zbuf = np.empty((n, n), np.float32)
+        try:
+            mj.mjr_render(self.rect, scn, self.ctx)
+            mj.mjr_readPixels(ids, zbuf, self.rect, self.ctx)
+        finally:
+            scn.flags[mj.mjtRndFlag.mjRND_SEGMENT] = False
+            scn.flags[mj.mjtRndFlag.mjRND_IDCOLOR] = False
+        # OpenGL's rows start at the bottom
+        rgb, ids, zbuf = rgb[::-1], ids[::-1], zbuf[::-1]
+        depth = (self.depth_d / (zbuf.astype(np.float64) + self.depth_c)).astype(np.float32)
+        segid = ids[..., 0].astype(np.int64) | (ids[..., 1].astype(np.int64) << 8) | (ids[..., 2].astype(np.int64) << 16)
+        lut = np.full(scn.ngeom + 1, -1, np.int64)  # segid 0: background
+        for i in range(scn.ngeom):
+            g = scn.geoms[i]
+            if g.objtype == int(mj.mjtObj.mjOBJ_GEOM) and g.segid >= 0:
+                lut[g.segid + 1] = m.geom_bodyid[g.objid]
+        body = lut[np.clip(segid, 0, scn.ngeom)]
+        return np.ascontiguousarray(rgb), np.ascontiguousarray(depth), np.ascontiguousarray(body)
+
+
 class Sim:
     """One scene and renderer; `episode(seed, index)` simulates and returns the arrays of one episode."""
 
@@ -277,7 +339,7 @@ class Sim:
         self.ee_geom = np.isin(m.geom_bodyid, [m.body("peg").id, m.body("wrist_3_link").id])
         self.force_adr = m.sensor_adr[m.sensor("ft_force").id]
         self.torque_adr = m.sensor_adr[m.sensor("ft_torque").id]
-        self._init_renderer()
+        self.renderer = FrameRenderer(m, self.cam)
         self.jac_p = np.zeros((3, m.nv))
         self.jac_r = np.zeros((3, m.nv))
 
@@ -316,58 +378,8 @@ class Sim:
         g2 = d.contact.geom2[: d.ncon]
         return bool(((self.ee_geom[g1] & ~self.robot_geom[g2]) | (self.ee_geom[g2] & ~self.robot_geom[g1])).any())
 
-    # -- rendering
-    def _init_renderer(self) -> None:
-        """An offscreen GL context of the image size, one scene and camera (no shadows, no multisampling: the
-        segmentation pass must not blend ids)."""
-        mj, m = self.mj, self.m
-        self.gl = mj.GLContext(IMAGE_SIZE, IMAGE_SIZE)
-        self.gl.make_current()
-        self.scene = mj.MjvScene(m, maxgeom=1000)
-        self.ctx = mj.MjrContext(m, mj.mjtFontScale.mjFONTSCALE_50)
-        mj.mjr_setBuffer(mj.mjtFramebuffer.mjFB_OFFSCREEN, self.ctx)
-        self.ctx.readDepthMap = mj.mjtDepthMap.mjDEPTH_ZEROFAR
-        self.vopt = mj.MjvOption()
-        self.mjcam = mj.MjvCamera()
-        self.mjcam.type = mj.mjtCamera.mjCAMERA_FIXED
-        self.mjcam.fixedcamid = self.cam
-        self.rect = mj.MjrRect(0, 0, IMAGE_SIZE, IMAGE_SIZE)
-        extent = m.stat.extent
-        znear, zfar = np.float32(m.vis.map.znear * extent), np.float32(m.vis.map.zfar * extent)
-        c = -(zfar + znear) / (zfar - znear)
-        dd = -(np.float32(2) * zfar * znear) / (zfar - znear)
-        self.depth_c, self.depth_d = np.float32(-0.5) * c - np.float32(0.5), np.float32(-0.5) * dd  # reversed Z
-
     def render(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """RGB (H, W, 3) uint8, depth (H, W) float32 metres along the camera axis, body id (H, W) int (-1: no geom):
-        a lit pass for RGB, then one segmentation pass that gives both the geom ids and the depth."""
-        mj, m, d, scn = self.mj, self.m, self.d, self.scene
-        self.gl.make_current()
-        mj.mjv_updateScene(m, d, self.vopt, None, self.mjcam, mj.mjtCatBit.mjCAT_ALL, scn)
-        rgb = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-        mj.mjr_render(self.rect, scn, self.ctx)
-        mj.mjr_readPixels(rgb, None, self.rect, self.ctx)
-        scn.flags[mj.mjtRndFlag.mjRND_SEGMENT] = True
-        scn.flags[mj.mjtRndFlag.mjRND_IDCOLOR] = True
-        ids = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), np.uint8)
-        zbuf = np.empty((IMAGE_SIZE, IMAGE_SIZE), np.float32)
-        try:
-            mj.mjr_render(self.rect, scn, self.ctx)
-            mj.mjr_readPixels(ids, zbuf, self.rect, self.ctx)
-        finally:
-            scn.flags[mj.mjtRndFlag.mjRND_SEGMENT] = False
-            scn.flags[mj.mjtRndFlag.mjRND_IDCOLOR] = False
-        # OpenGL's rows start at the bottom
-        rgb, ids, zbuf = rgb[::-1], ids[::-1], zbuf[::-1]
-        depth = (self.depth_d / (zbuf.astype(np.float64) + self.depth_c)).astype(np.float32)
-        segid = ids[..., 0].astype(np.int64) | (ids[..., 1].astype(np.int64) << 8) | (ids[..., 2].astype(np.int64) << 16)
-        lut = np.full(scn.ngeom + 1, -1, np.int64)  # segid 0: background
-        for i in range(scn.ngeom):
-            g = scn.geoms[i]
-            if g.objtype == int(mj.mjtObj.mjOBJ_GEOM) and g.segid >= 0:
-                lut[g.segid + 1] = m.geom_bodyid[g.objid]
-        body = lut[np.clip(segid, 0, scn.ngeom)]
-        return np.ascontiguousarray(rgb), np.ascontiguousarray(depth), np.ascontiguousarray(body)
+        return self.renderer.render(self.d)
 
     def camera(self) -> tuple[np.ndarray, np.ndarray]:
         return self.d.cam_xpos[self.cam].copy(), self.d.cam_xmat[self.cam].reshape(3, 3).copy()
