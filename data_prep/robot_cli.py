@@ -17,7 +17,7 @@ def _add_index_options(p: argparse.ArgumentParser) -> None:
     from data_prep import robot_episodes as re
 
     p.add_argument("--seed", type=int, default=0, help="seed of the split and of the alignment negatives (and of the "
-                                                        "simulation for robot-sim)")
+                                                        "simulation for robot-sim) (default: 0)")
     p.add_argument("--test-fraction", type=float, default=0.1, help="share of the episodes in the test split")
     p.add_argument("--on-bad", choices=re.ON_BAD, default="refuse",
                    help="an episode with a missing key, a wrong shape or dtype, or non-finite rows: refuse (stop with "

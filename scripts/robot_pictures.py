@@ -52,11 +52,12 @@ def main(argv=None) -> int:
     p.add_argument("--steps", nargs="+", type=int, default=[5, 20, 35])
     p.add_argument("--out", type=Path, default=Path("docs/images"))
     p.add_argument("--prefix", default="robot_")
+    p.add_argument("--scale", type=int, default=2, help="upscaling of the 128 x 128 frames")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     for ep in args.episodes:
         out = args.out / f"{args.prefix}{ep.stem}.png"
-        Image.fromarray(strip(ep, args.steps)).save(out, optimize=True)
+        Image.fromarray(strip(ep, args.steps, args.scale)).save(out, optimize=True)
         print(out)
     return 0
 

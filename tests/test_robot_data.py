@@ -378,6 +378,30 @@ def test_flow_of_a_box_translated_by_a_known_amount():
     np.testing.assert_allclose(c1 - c0, want[::-1], atol=0.5)
 
 
+def test_frames_equal_mujoco_renderer():
+    """One lit pass + one segmentation pass give what mujoco.Renderer gives in three."""
+    mj = _mujoco()
+    from data_prep.robot_sim import FrameRenderer
+
+    m = mj.MjModel.from_xml_string(BOX_SCENE)
+    d = mj.MjData(m)
+    d.mocap_pos[0] = [0.05, 0.02, 0.1]
+    mj.mj_forward(m, d)
+    rgb, depth, body = FrameRenderer(m, 0, 64).render(d)
+    r = mj.Renderer(m, 64, 64)
+    r.update_scene(d, camera=0)
+    np.testing.assert_array_equal(rgb, r.render())
+    r.enable_depth_rendering()
+    r.update_scene(d, camera=0)
+    np.testing.assert_array_equal(depth, r.render())
+    r.enable_segmentation_rendering()
+    r.update_scene(d, camera=0)
+    seg = r.render()
+    want = np.where(seg[..., 1] == int(mj.mjtObj.mjOBJ_GEOM), m.geom_bodyid[np.clip(seg[..., 0], 0, None)], -1)
+    np.testing.assert_array_equal(body, want)
+    r.close()
+
+
 def test_flow_of_a_rotation_and_an_approach():
     mj = _mujoco()
     from data_prep.robot_sim import FrameRenderer, exact_flow, focal_pixels, project
