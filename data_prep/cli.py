@@ -50,6 +50,9 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     from data_prep.digits4_cli import add_digits4_parser  # `prepare digits4`: MNIST, SVHN, FSDD and sentences
 
     add_digits4_parser(datasets, p)
+    from data_prep.robot_cli import add_robot_parsers  # `prepare robot-sim` and `prepare robot`
+
+    add_robot_parsers(datasets)
     return p
 
 
@@ -62,7 +65,7 @@ def generator_sizes(args: argparse.Namespace) -> dict[str, int] | None:
 
 def run_prepare(args: argparse.Namespace) -> int:
     """Run `prepare mnist-svhn` from parsed arguments; 0 on success, 1 with a one-line error on bad input."""
-    if args.func is not run_prepare:  # another dataset's sub-command (digits4)
+    if args.func is not run_prepare:  # another dataset's sub-command (digits4, robot-sim, robot)
         return args.func(args)
     try:
         manifest = prepare(

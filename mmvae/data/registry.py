@@ -175,6 +175,24 @@ def _digits4_targets() -> list[Target]:
     return DIGITS4_TARGETS
 
 
+def _build_vision_touch(config: "ExperimentConfig") -> tuple[BatchSource, BatchSource]:
+    from mmvae.data.robot import build
+
+    return build(config)
+
+
+def _vision_touch_notes(prov: dict) -> list[str]:
+    from mmvae.data.robot import provenance_notes
+
+    return provenance_notes(prov)
+
+
+def _vision_touch_facts(config: "ExperimentConfig") -> tuple[int | None, set[str] | None]:
+    from mmvae.data.robot import facts
+
+    return facts(config)
+
+
 DATASETS: dict[str, DatasetEntry] = {
     "toy": DatasetEntry("toy", _build_toy, "built-in synthetic bars + waves", metrics=_toy_metrics,
                         targets=TOY_TARGETS, facts=_toy_facts),
@@ -184,6 +202,9 @@ DATASETS: dict[str, DatasetEntry] = {
                                facts=_mnist_svhn_facts),
     "digits4": DatasetEntry("digits4", _build_digits4, "see `mmvae prepare digits4`", metrics=_digits4_metrics,
                             targets=_digits4_targets(), needs_path=True, provenance_notes=_digits4_notes),
+    "vision_touch": DatasetEntry("vision_touch", _build_vision_touch, "SIMULATED robot episodes in Lee et al.'s format, "
+                                 "see `mmvae prepare robot-sim` and docs/robot.md", title="Vision and touch (simulated)",
+                                 needs_path=True, provenance_notes=_vision_touch_notes, facts=_vision_touch_facts),
 }
 
 
