@@ -31,6 +31,8 @@ class ModelDims:
     joint_feature_dim: int
     private_feature_dims: dict[str, int]  # modalities with a private factor
     feature_dims: dict[str, int]  # every modality's encoder width, conditions included
+    # (channels, *spatial) of each skip feature map, per modality that has skips (its `skip_shapes`), finest first
+    skip_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +113,10 @@ class LabelHead(Head):
 
 
 HEADS: dict[str, type[Head]] = {LabelHead.kind: LabelHead}
+
+from mmvae.heads_robot import ROBOT_HEADS  # noqa: E402  (flow, contact, alignment, next_pose; they import Head from here)
+
+HEADS.update(ROBOT_HEADS)
 
 
 def build_head(name: str, config: HeadConfig, dims: ModelDims) -> Head:
