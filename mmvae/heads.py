@@ -114,9 +114,8 @@ class LabelHead(Head):
 
 HEADS: dict[str, type[Head]] = {LabelHead.kind: LabelHead}
 
-from mmvae.heads_robot import ROBOT_HEADS  # noqa: E402  (flow, contact, alignment, next_pose; they import Head from here)
-
-HEADS.update(ROBOT_HEADS)
+# The robot heads (flow, contact, alignment, next_pose) import Head from here and add themselves to HEADS.
+import mmvae.heads_robot  # noqa: E402,F401
 
 
 def build_head(name: str, config: HeadConfig, dims: ModelDims) -> Head:

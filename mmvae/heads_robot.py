@@ -35,7 +35,7 @@ from torch import Tensor, nn
 
 from mmvae.batch import Batch
 from mmvae.config import ConfigError, HeadConfig
-from mmvae.heads import Head, HeadInput, ModelDims
+from mmvae.heads import HEADS, Head, HeadInput, ModelDims
 from mmvae.modalities.robot import LEAK, leaky_mlp
 
 
@@ -248,3 +248,4 @@ ROBOT_HEADS: dict[str, type[Head]] = {
     AlignmentHead.kind: AlignmentHead,
     NextPoseHead.kind: NextPoseHead,
 }
+HEADS.update(ROBOT_HEADS)
