@@ -373,3 +373,18 @@ def test_train_then_evaluate_through_the_cli(tiny_prepared, tmp_path, monkeypatc
     assert metrics["robot_eval_samples"] == 8
     md = (run / "eval" / "metrics.md").read_text()
     assert "| flow/epe |" in md and "pixels" in md
+
+
+def test_contact_head_and_joint_attributions_over_force_steps_and_pixels():
+    from mmvae.config import ModelConfig
+    from mmvae.robot_attribution import robot_attribution_report
+
+    torch.manual_seed(0)
+    model = FactorizedMultimodalVAE(ModelConfig.model_validate(small_lee_tree())).eval()
+    report = robot_attribution_report(model, contract_batch(2), steps=16)
+    for key in ("contact", "joint"):
+        mods = report[key]["modalities"]
+        assert len(mods["force"]["mean_abs_per_part"]) == 32  # one value per force reading
+        assert np.asarray(mods["image"]["mean_abs_per_part"]).shape == (H, H)  # one per pixel
+        assert sum(m["share"] for m in mods.values()) == pytest.approx(1.0)
+        assert report[key]["completeness_relative_error"] < 0.2
