@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from mmvae.heads import HeadInput
-from mmvae.interpret import Completeness, encode_means, input_attributions, integrated_gradients, AttributionSettings
+from mmvae.interpret import AttributionSettings, Completeness, encode_means, input_attributions, integrated_gradients
 
 
 def head_logit_attributions(model, batch: dict, head: str = "contact", steps: int = 32

@@ -16,7 +16,7 @@ from torch import nn
 
 from mmvae.config import HeadConfig, ModalityConfig, load_config
 from mmvae.heads import HEADS, HeadInput, ModelDims
-from mmvae.heads_robot import AlignmentHead, ContactHead, FlowHead, NextPoseHead, end_point_error, row_mean
+from mmvae.heads_robot import end_point_error, row_mean
 from mmvae.losses import compute_loss
 from mmvae.modalities import MODALITY_KINDS, Encoding, build_modality
 from mmvae.model import FactorizedMultimodalVAE
@@ -329,7 +329,7 @@ def test_head_metrics_on_a_model(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_prepared(tmp_path_factory):
     """Three random episodes in Lee et al.'s format, prepared (no simulator)."""
-    h5py = pytest.importorskip("h5py")  # noqa: F841
+    pytest.importorskip("h5py")
     from data_prep import robot_episodes as re
 
     d = tmp_path_factory.mktemp("robot")

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 
-import torch
 from einops.layers.torch import Rearrange
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import Tensor, nn
