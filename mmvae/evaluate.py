@@ -24,6 +24,7 @@ from mmvae.families.base import MultimodalModel
 from mmvae.iwae import iwae_log_likelihood
 from mmvae.losses import compute_loss
 from mmvae.progress import Progress
+from mmvae.robot_metrics import ROBOT_METRIC_HELP
 from mmvae.runs import LoadedRun
 from mmvae.tracking import write_summary
 
@@ -160,6 +161,7 @@ def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | 
 # One line per metric family: (key prefix, the count key that says how many samples it used, meaning).
 # The first matching prefix wins.
 METRIC_HELP: list[tuple[str, str | None, str]] = [
+    *ROBOT_METRIC_HELP,  # flow/, contact/, alignment/, next_pose/, probe/contact/, probe/pose/ (vision_touch)
     ("step", None, "optimiser steps of the evaluated checkpoint"),
     ("test/recon/", "test_samples", "-log p(x_m | Z_y, Z_m) per sample at posterior samples (nats; lower is better)"),
     ("test/kl/", "test_samples", "KL of the posterior to N(0, I) per sample (nats)"),

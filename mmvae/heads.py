@@ -31,6 +31,8 @@ class ModelDims:
     joint_feature_dim: int
     private_feature_dims: dict[str, int]  # modalities with a private factor
     feature_dims: dict[str, int]  # every modality's encoder width, conditions included
+    # (channels, *spatial) of each skip feature map, per modality that has skips (its `skip_shapes`), finest first
+    skip_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -111,6 +113,9 @@ class LabelHead(Head):
 
 
 HEADS: dict[str, type[Head]] = {LabelHead.kind: LabelHead}
+
+# The robot heads (flow, contact, alignment, next_pose) import Head from here and add themselves to HEADS.
+import mmvae.heads_robot  # noqa: E402,F401
 
 
 def build_head(name: str, config: HeadConfig, dims: ModelDims) -> Head:

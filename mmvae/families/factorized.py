@@ -61,6 +61,7 @@ class FactorizedMultimodalVAE(MultimodalModel):
             joint_dim=config.joint_dim, joint_feature_dim=fy,
             private_feature_dims={m: mcs[m].private_feature_dim for m in self.private_names},
             feature_dims={m: mods[m].feature_dim for m in mcs},
+            skip_shapes={m: list(mods[m].skip_shapes) for m in mcs if hasattr(mods[m], "skip_shapes")},
         )
         heads: dict[str, Head] = {}
         if config.num_classes:

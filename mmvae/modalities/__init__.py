@@ -6,6 +6,7 @@ from mmvae.config import ModalityConfig
 from mmvae.modalities.base import DecoderInput, Encoding, Modality
 from mmvae.modalities.audio import Audio
 from mmvae.modalities.image import ImageConv, ImageMLP
+from mmvae.modalities.robot import ActionMLP, DepthConv, ForceCausal, ProprioMLP, RGBConv
 from mmvae.modalities.text import Text
 from mmvae.modalities.vector import Vector
 
@@ -15,6 +16,11 @@ MODALITY_KINDS: dict[str, type[Modality]] = {
     Vector.kind: Vector,
     Audio.kind: Audio,
     Text.kind: Text,
+    RGBConv.kind: RGBConv,
+    DepthConv.kind: DepthConv,
+    ForceCausal.kind: ForceCausal,
+    ProprioMLP.kind: ProprioMLP,
+    ActionMLP.kind: ActionMLP,
 }
 
 

@@ -1,0 +1,96 @@
+"""Helpers of scripts/robot_ablation.sh (issue 12, item 5): ablation configs, evaluation with the robot metrics, the
+table.
+
+  python scripts/robot_ablation.py config CONFIG VARIANT OUT.yaml   write CONFIG without the variant's modalities
+  python scripts/robot_ablation.py evaluate RUN [evaluate options]   `mmvae evaluate` with mmvae.robot_metrics wired
+                                                                     into the vision_touch entry if it is not yet
+  python scripts/robot_ablation.py table RUN...                      a markdown table of the runs' eval/metrics.json
+
+Variants (the action stays as the heads' condition in every one):
+  all          image, depth, force, proprio
+  vision_only  image, depth
+  force_only   force (no image: the flow head and its loss weights are dropped)
+  no_proprio   image, depth, force
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+VARIANTS = {"all": ("image", "depth", "force", "proprio"), "vision_only": ("image", "depth"),
+            "force_only": ("force",), "no_proprio": ("image", "depth", "force")}
+COLUMNS = [("flow/epe", "flow EPE (px)"), ("flow/epe_zero_baseline", "zero-flow EPE"),
+           ("contact/accuracy", "contact acc"), ("contact/balanced_accuracy", "contact bal. acc"),
+           ("contact/f1", "contact F1"), ("contact/base_rate", "contact base rate"),
+           ("alignment/accuracy", "alignment acc"), ("next_pose/mse", "next-pose MSE"),
+           ("next_pose/mse_no_motion", "no-motion MSE"), ("probe/contact/joint/balanced_accuracy", "probe contact (Z_y)"),
+           ("probe/pose/joint/r2", "probe pose R² (Z_y)"), ("robot_aligned_samples", "aligned test rows"),
+           ("step", "steps")]
+
+
+def ablation_tree(tree: dict, variant: str) -> dict:
+    """The config tree with only the variant's observed modalities (conditions kept); heads that read a removed
+    modality's skips, and their loss weights, are dropped."""
+    keep = set(VARIANTS[variant])
+    model = tree["model"]
+    mods = {m: mc for m, mc in model["modalities"].items() if mc.get("role") == "condition" or m in keep}
+    heads, dropped_terms = {}, []
+    for name, hc in (model.get("heads") or {}).items():
+        source = (hc.get("options") or {}).get("source", "image") if hc["kind"] == "flow" else None
+        if source is not None and source not in mods:
+            dropped_terms += ["ssl/flow", "ssl/flow_mask"]
+            continue
+        heads[name] = hc
+    weights = {k: v for k, v in ((tree.get("loss") or {}).get("weights") or {}).items() if k not in dropped_terms}
+    out = {**tree, "name": f"{tree.get('name', 'vision_touch')}_{variant}",
+           "model": {**model, "modalities": mods, "heads": heads}}
+    if "loss" in tree:
+        out["loss"] = {**tree["loss"], "weights": weights}
+    return out
+
+
+def evaluate(args: list[str]) -> int:
+    from mmvae.cli import main
+    from mmvae.data.registry import DATASETS
+    from mmvae.robot_metrics import vision_touch_metrics
+
+    entry = DATASETS["vision_touch"]
+    if entry.metrics is None:
+        DATASETS["vision_touch"] = dataclasses.replace(entry, metrics=vision_touch_metrics)
+    return main(["evaluate", *args])
+
+
+def table(runs: list[str]) -> str:
+    rows = ["| variant | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
+    for run in runs:
+        metrics = json.loads((Path(run) / "eval" / "metrics.json").read_text())
+        cells = []
+        for key, _ in COLUMNS:
+            v = metrics.get(key)
+            cells.append("–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
+        rows.append(f"| {Path(run).name} | " + " | ".join(cells) + " |")
+    return "\n".join(rows)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("config", "evaluate", "table"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    if argv[0] == "config":
+        config, variant, out = argv[1:4]
+        tree = yaml.safe_load(Path(config).read_text())
+        Path(out).write_text(yaml.safe_dump(ablation_tree(tree, variant), sort_keys=False))
+        return 0
+    if argv[0] == "evaluate":
+        return evaluate(argv[1:])
+    print(table(argv[1:]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
