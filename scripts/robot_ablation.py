@@ -2,7 +2,7 @@
 table.
 
   python scripts/robot_ablation.py config CONFIG VARIANT OUT.yaml   write CONFIG without the variant's modalities
-  python scripts/robot_ablation.py evaluate RUN [evaluate options]   `mmvae evaluate` with mmvae.robot_metrics wired
+  python scripts/robot_ablation.py evaluate RUN [evaluate options]   `mmvae evaluate` (kept for the ablation script)
                                                                      into the vision_touch entry if it is not yet
   python scripts/robot_ablation.py table RUN...                      a markdown table of the runs' eval/metrics.json
 
@@ -15,7 +15,6 @@ Variants (the action stays as the heads' condition in every one):
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -55,13 +54,9 @@ def ablation_tree(tree: dict, variant: str) -> dict:
 
 
 def evaluate(args: list[str]) -> int:
+    """`mmvae evaluate` itself (the vision_touch entry reports the robot metrics)."""
     from mmvae.cli import main
-    from mmvae.data.registry import DATASETS
-    from mmvae.robot_metrics import vision_touch_metrics
 
-    entry = DATASETS["vision_touch"]
-    if entry.metrics is None:
-        DATASETS["vision_touch"] = dataclasses.replace(entry, metrics=vision_touch_metrics)
     return main(["evaluate", *args])
 
 

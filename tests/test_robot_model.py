@@ -4,7 +4,6 @@ prepared folder of random episodes (docs/robot.md, "The model side")."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 
@@ -20,7 +19,7 @@ from mmvae.heads_robot import end_point_error, row_mean
 from mmvae.losses import compute_loss
 from mmvae.modalities import MODALITY_KINDS, Encoding, build_modality
 from mmvae.model import FactorizedMultimodalVAE
-from mmvae.robot_metrics import binary_metrics, flow_epe, head_metrics, pose_mse, vision_touch_metrics
+from mmvae.robot_metrics import binary_metrics, flow_epe, head_metrics, pose_mse
 from tests.conftest import REPO
 
 H = 128
@@ -351,10 +350,6 @@ def tiny_prepared(tmp_path_factory):
 
 def test_train_then_evaluate_through_the_cli(tiny_prepared, tmp_path, monkeypatch):
     from mmvae.cli import main
-    from mmvae.data.registry import DATASETS
-
-    # The vision_touch entry's metrics are wired by the registry's owner; here the test wires them.
-    monkeypatch.setitem(DATASETS, "vision_touch", dataclasses.replace(DATASETS["vision_touch"], metrics=vision_touch_metrics))
     run = tmp_path / "run"
     narrow = ["model.modalities.image.options.channels=[4,4,8,8,8,8]", "model.modalities.depth.options.channels=[4,4,8,8,8,8]",
               "model.heads.flow.options.channels=[8,8,8,8]"]

@@ -187,6 +187,12 @@ def _vision_touch_notes(prov: dict) -> list[str]:
     return provenance_notes(prov)
 
 
+def _vision_touch_metrics(run, train, test, settings) -> dict[str, Any]:
+    from mmvae.robot_metrics import vision_touch_metrics
+
+    return vision_touch_metrics(run, train, test, settings)
+
+
 def _vision_touch_facts(config: "ExperimentConfig") -> tuple[int | None, set[str] | None]:
     from mmvae.data.robot import facts
 
@@ -204,7 +210,7 @@ DATASETS: dict[str, DatasetEntry] = {
                             targets=_digits4_targets(), needs_path=True, provenance_notes=_digits4_notes),
     "vision_touch": DatasetEntry("vision_touch", _build_vision_touch, "SIMULATED robot episodes in Lee et al.'s format, "
                                  "see `mmvae prepare robot-sim` and docs/robot.md", title="Vision and touch (simulated)",
-                                 needs_path=True, provenance_notes=_vision_touch_notes, facts=_vision_touch_facts),
+                                 metrics=_vision_touch_metrics, needs_path=True, provenance_notes=_vision_touch_notes, facts=_vision_touch_facts),
 }
 
 
