@@ -86,6 +86,20 @@ def check_device(config: ExperimentConfig) -> None:
             raise ConfigError(f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA device(s) are visible")
 
 
+def check_compile(config: ExperimentConfig) -> None:
+    """DReG (mmvae, mmvae_plus) scales gradients with tensor hooks on intermediate tensors, which
+    torch.compile may drop at a graph break: refuse the combination rather than train with another gradient."""
+    from mmvae.families import FAMILIES
+
+    if not config.train.compile:
+        return
+    options = FAMILIES[config.model.family].Options(**config.model.family_options)
+    if getattr(options, "estimator", None) == "dreg":
+        raise ConfigError(f"key 'train.compile': model family {config.model.family} with the dreg estimator uses "
+                          f"gradient hooks that torch.compile may drop; set train.compile=false or "
+                          f"model.family_options.estimator=iwae")
+
+
 def _dataset_facts(config: ExperimentConfig) -> tuple[int | None, set[str] | None]:
     """(training samples, modality names) of the configured dataset, without loading it; None where unknown
     (the dataset's registry entry says, through its `facts`)."""
@@ -128,5 +142,6 @@ def check_train(config: ExperimentConfig, run_dir: Path | None, resume: bool) ->
     check_model_size(config)
     check_data(config)
     check_device(config)
+    check_compile(config)
     if resume:
         check_resume_target(Path(run_dir) if run_dir else Path(config.out_dir) / config.name)

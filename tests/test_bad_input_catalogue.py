@@ -148,6 +148,9 @@ for cid, override, frags in [
 ]:
     extra = ("model.modalities.bars.options={channels: [4, 4, 4, 4, 4]}",) if cid == "conv_shape_not_divisible" else ()
     case(cid, *TRAIN, override, *extra, *FRESH, expect=frags)
+case("compile_with_dreg_hooks", *TRAIN, "model.family=mmvae", "model.fusion=moe", "model.num_classes=0",
+     "model.joint_subset_drop=0", "model.modalities.bars.private_dim=0", "model.modalities.wave.private_dim=0",
+     "train.compile=true", *FRESH, expect=("key 'train.compile'", "dreg estimator"))
 case("device_cuda_without_gpu", *TRAIN, "train.device=cuda", *FRESH, only_if=NO_GPU,
      expect=("key 'train.device'", "no CUDA device"))
 

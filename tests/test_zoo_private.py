@@ -159,6 +159,30 @@ def test_dreg_changes_the_encoders_gradient_and_not_the_decoders():
     assert min(gap[k] for k in encoder) > 1e-2  # squared weights on the path, no score-function term
 
 
+def test_dreg_hooks_scale_only_the_strata_path_not_the_one_sample_outputs():
+    """The gradient reaching the private heads through out.z_private (what a head or an MMD term reads) is the
+    same whether or not the DReG terms registered their hooks on that forward's strata."""
+    batch = toy_batch(n=16)
+    cfg, model = mmvae_plus("model.family_options={K: 4, estimator: dreg}")
+    params = [p for k, p in model.named_parameters() if k.startswith("private_heads")]
+    grads = []
+    for with_terms in (False, True):
+        torch.manual_seed(3)
+        out = model(batch)
+        if with_terms:
+            compute_loss(model, out, batch, cfg.loss, step=0)  # registers the DReG hooks on the strata
+        probe = sum(z.square().sum() for z in out.z_private.values())
+        grads.append(torch.autograd.grad(probe, params))
+    assert all(torch.equal(a, b) for a, b in zip(*grads))
+    # Negative control: the strata's own draws do get the hook's factor.
+    torch.manual_seed(3)
+    out = model(batch)
+    loss = compute_loss(model, out, batch, cfg.loss, step=0)
+    hooked = torch.autograd.grad(sum(w.square().sum() for w in out.strata_w.values()), params, retain_graph=True)
+    assert not all(torch.equal(a, b) for a, b in zip(hooked, grads[0]))
+    del loss
+
+
 def test_mmvae_plus_cross_generation_never_reads_the_targets_posterior():
     cfg, model = mmvae_plus("model.family_options={K: 2, aux_scale: 2.0}")
     model.eval()

@@ -132,14 +132,17 @@ def normalised_weights(log_w: Tensor, weights: Tensor, tight: bool) -> Tensor:
         return torch.where(valid & torch.isfinite(lse), (a - lse).exp(), torch.zeros_like(a))
 
 
-def dreg_bound(log_w: Tensor, z: Tensor, weights: Tensor, tight: bool) -> Tensor:
+def dreg_bound(log_w: Tensor, z: Tensor, weights: Tensor, tight: bool, extras: dict | None = None) -> Tensor:
     """The bound per sample (B,) with DReG's gradient; `log_w` must use a detached log q. Registers a hook
-    on `z` (K, M, B, D) that multiplies its gradient by w~ (as the authors' code does)."""
+    on `z` (K, M, B, D) that multiplies its gradient by w~ (as the authors' code does), once per forward:
+    `extras["dreg_hooked"]` marks it, so a second loss evaluation of the same output does not square w~."""
     wt = normalised_weights(log_w, weights, tight)  # (K, M, B)
     mix = wt if tight else wt * weights  # the gradient weights of the decoders: d bound / d log w
     surrogate = (mix * log_w).sum((0, 1))  # (B,)
-    if z.requires_grad:
+    extras = {} if extras is None else extras
+    if z.requires_grad and not extras.get("dreg_hooked"):
         z.register_hook(lambda grad: grad * wt.unsqueeze(-1))
+        extras["dreg_hooked"] = True
     value = iwae_bound(log_w.detach(), weights, tight)
     return value + surrogate - surrogate.detach()
 
@@ -163,7 +166,7 @@ class MMVAEBound(LossTerms):
         tight = opts.bound == "tight"
         log_w = stratified_log_weights(model, out, batch, stop_q_grad=opts.estimator == "dreg")
         if opts.estimator == "dreg":
-            bound = dreg_bound(log_w, out.extras["z"], weights, tight)
+            bound = dreg_bound(log_w, out.extras["z"], weights, tight, out.extras)
         else:
             bound = iwae_bound(log_w, weights, tight)
         return {"nll/iwae": -bound.mean()}

@@ -136,6 +136,9 @@ class MMVAEPlus(FactorizedMultimodalVAE):
         draw = (lambda q: q.rsample(k)) if sample else (lambda q: q.mu.unsqueeze(0))  # noqa: E731  (K, B, D)
         zs = torch.stack([draw(experts[m]) for m in self.names])  # (M, K, B, Dy)
         own_w = {m: draw(q) for m, q in private.items()}  # (K, B, Dm)
+        # The strata read w through an alias: DReG's hook scales the gradient of that path only, not that of
+        # the one-sample outputs (z_private, f_private, heads) taken from the same draws below.
+        strata_w = {m: w.view_as(w) for m, w in own_w.items()}
         cond = self.condition_features(encodings)
         strata = len(self.names) * k
         f_all = self.joint_features(zs.flatten(0, 2))  # (M*K*B, Fy)
@@ -145,7 +148,7 @@ class MMVAEPlus(FactorizedMultimodalVAE):
             f_n = None
             if n in private:
                 # stratum m decodes x_n with its own w if m == n, else with w̃ ~ r_n
-                ws = [own_w[n] if m == n else self.aux_draw(n, own_w[n], sample) for m in self.names]
+                ws = [strata_w[n] if m == n else self.aux_draw(n, own_w[n], sample) for m in self.names]
                 f_n = self.private_features[n](torch.stack(ws).flatten(0, 2))  # (M*K*B, Fn)
             p = self.decode_from_features(n, f_all, f_n, tiled_cond)
             strata_params[n] = p.reshape(len(self.names), k, -1, *p.shape[1:])  # (M, K, B, ...)
@@ -159,7 +162,7 @@ class MMVAEPlus(FactorizedMultimodalVAE):
         heads = self.run_heads(z_joint, f_joint, f_private, encodings, cond, batch)
         post = Posteriors(joint=joint, private=private, encodings=encodings)
         return MMVAEPlusOutput(inputs, post, z_joint, z_private, params, heads, f_joint, f_private, cond, masks,
-                               strata_z=zs, strata_w=own_w, strata_params=strata_params)
+                               strata_z=zs, strata_w=strata_w, strata_params=strata_params)
 
     def aux_draw(self, name: str, like: Tensor, sample: bool) -> Tensor:
         """w̃ ~ r_n shaped like `like` (K, B, Dn), reparameterised (r's scale learns); its mean 0 without sampling."""
