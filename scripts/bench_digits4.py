@@ -53,6 +53,13 @@ def main() -> None:
     t_audio = timed(lambda: audio.preprocess(b0["x"]["audio"], b0["mask"]["audio"]), 20)
     out["audio_logmel_per_s"] = bs / t_audio
     out["audio_logmel_ms_per_batch"] = 1000 * t_audio
+    # Side by side, the power spectrum alone: ours (re² + im² of torch.stft) against torchaudio's MelSpectrogram.
+    wave = b0["x"]["audio"].float() / 32768.0
+    t_ours = timed(lambda: audio.features.mel_power(wave), 20)
+    t_torchaudio = timed(lambda: audio.features.mel(wave), 20)
+    out["mel_power_ms_ours"] = 1000 * t_ours
+    out["mel_power_ms_torchaudio_melspectrogram"] = 1000 * t_torchaudio
+    out["mel_power_speedup"] = t_torchaudio / t_ours
     text = model.modalities["text"]
     with torch.no_grad():
         t_text = timed(lambda: text._pooled(b0["x"]["text"], b0["mask"]["text"]), 3)
