@@ -155,11 +155,8 @@ class ContactOptions(BaseModel):
     pos_weight: float | None = Field(default=None, gt=0)  # BCE weight of positive rows (contact is imbalanced)
 
 
-class ContactHead(_RobotHead):
-    """Will the next step be in contact? MLP([F_y, action]) -> a logit; ssl/contact (BCE)."""
-
-    kind = "contact"
-    Options = ContactOptions
+class _LogitHead(_RobotHead):
+    """One logit per row from MLP([F_y, conditions]) (contact, alignment)."""
 
     def __init__(self, name: str, config: HeadConfig, dims: ModelDims):
         super().__init__(name, config, dims)
@@ -167,6 +164,13 @@ class ContactHead(_RobotHead):
 
     def forward(self, inp: HeadInput) -> Tensor:
         return self.net(self.joint_input(inp)).squeeze(-1)
+
+
+class ContactHead(_LogitHead):
+    """Will the next step be in contact? MLP([F_y, action]) -> a logit; ssl/contact (BCE)."""
+
+    kind = "contact"
+    Options = ContactOptions
 
     def term_names(self) -> list[str]:
         return ["ssl/contact"]
@@ -186,19 +190,12 @@ class AlignmentOptions(BaseModel):
     reduction: Literal["balanced", "mean"] = "balanced"
 
 
-class AlignmentHead(_RobotHead):
+class AlignmentHead(_LogitHead):
     """Are force and proprio from the same moment as the image? MLP(F_y) -> a logit; ssl/alignment (BCE) over the
     aligned and misaligned rows of one batch, in one forward."""
 
     kind = "alignment"
     Options = AlignmentOptions
-
-    def __init__(self, name: str, config: HeadConfig, dims: ModelDims):
-        super().__init__(name, config, dims)
-        self.net = leaky_mlp(dims.joint_feature_dim + self.cond_dim(dims), list(config.hidden), 1)
-
-    def forward(self, inp: HeadInput) -> Tensor:
-        return self.net(self.joint_input(inp)).squeeze(-1)
 
     def term_names(self) -> list[str]:
         return ["ssl/alignment"]
