@@ -261,7 +261,7 @@ def demo_headline(metrics: dict, run) -> str:
     for key, op, bound, _ in DATASETS[run.config.data.name].targets:
         if key in metrics:
             ok = metrics[key] >= bound if op == ">=" else metrics[key] <= bound
-            _, meaning = metric_help(key)
+            _, meaning = metric_help(key, run.config.data.name)
             lines.append(f"  {key:22s} {metrics[key]:.3f}  {'met' if ok else 'MISSED'} ({op} {bound:g})  {meaning}")
     style = {k: v for k, v in metrics.items() if k.startswith("style_transfer/") and k != "style_transfer/mean"}
     if style:

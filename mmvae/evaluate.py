@@ -24,7 +24,6 @@ from mmvae.families.base import MultimodalModel
 from mmvae.iwae import iwae_log_likelihood
 from mmvae.losses import compute_loss
 from mmvae.progress import Progress
-from mmvae.robot_metrics import ROBOT_METRIC_HELP
 from mmvae.runs import LoadedRun
 from mmvae.tracking import write_summary
 
@@ -161,7 +160,6 @@ def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | 
 # One line per metric family: (key prefix, the count key that says how many samples it used, meaning).
 # The first matching prefix wins.
 METRIC_HELP: list[tuple[str, str | None, str]] = [
-    *ROBOT_METRIC_HELP,  # flow/, contact/, alignment/, next_pose/, probe/contact/, probe/pose/ (vision_touch)
     ("step", None, "optimiser steps of the evaluated checkpoint"),
     ("test/recon/", "test_samples", "-log p(x_m | Z_y, Z_m) per sample at posterior samples (nats; lower is better)"),
     ("test/kl/", "test_samples", "KL of the posterior to N(0, I) per sample (nats)"),
@@ -206,9 +204,11 @@ METRIC_HELP: list[tuple[str, str | None, str]] = [
 ]
 
 
-def metric_help(key: str) -> tuple[str | None, str]:
-    """(count key, one-line meaning) of a metric."""
-    for prefix, count_key, text in METRIC_HELP:
+def metric_help(key: str, dataset: str | None = None) -> tuple[str | None, str]:
+    """(count key, one-line meaning) of a metric; the dataset's own help lines first, then the generic ones."""
+    entry = DATASETS.get(dataset) if dataset else None
+    own = entry.metric_help() if entry is not None and entry.metric_help is not None else []
+    for prefix, count_key, text in [*own, *METRIC_HELP]:
         if key == prefix or key.startswith(prefix):
             return count_key, text
     return None, ""
@@ -218,14 +218,15 @@ def metrics_markdown(metrics: dict, run: LoadedRun) -> str:
     """A markdown table of every numeric metric with the number of samples it used and what it means."""
     lines = [f"# Evaluation of `{run.run_dir}` at step {run.step}", "",
              "| metric | value | samples | meaning |", "|---|---|---|---|"]
+    config = getattr(run, "config", None)
+    dataset = config.data.name if config is not None else None
     for k, v in metrics.items():
         if isinstance(v, (int, float)):
-            count_key, text = metric_help(k)
+            count_key, text = metric_help(k, dataset)
             count = metrics.get(count_key, "") if count_key else ""
             value = f"{v:.4f}" if isinstance(v, float) else f"{v}"
             lines.append(f"| {k} | {value} | {count} | {text} |")
-    config = getattr(run, "config", None)
-    entry = DATASETS.get(config.data.name) if config is not None else None
+    entry = DATASETS.get(dataset) if dataset is not None else None
     # Without a config (a bare report of figures), every dataset's targets whose metrics are present apply.
     targets = entry.targets if entry is not None else [t for e in DATASETS.values() for t in e.targets]
     if any(key in metrics for key, *_ in targets):

@@ -262,7 +262,8 @@ def vision_touch_metrics(run, train, test, settings) -> dict[str, Any]:
     return metrics
 
 
-# One line per metric for metrics.md (mmvae.evaluate.METRIC_HELP takes the same (prefix, count key, meaning)).
+# One line per metric for metrics.md (the vision_touch entry's metric_help; the same (prefix, count key, meaning) as
+# mmvae.evaluate.METRIC_HELP, consulted before it).
 ROBOT_METRIC_HELP: list[tuple[str, str | None, str]] = [
     ("flow/epe_zero_baseline", "robot_aligned_samples", "EPE of predicting zero flow (pixels): the baseline"),
     ("flow/epe_moving_zero", "robot_aligned_samples", "zero-flow EPE over the moving pixels (pixels)"),

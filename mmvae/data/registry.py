@@ -35,6 +35,9 @@ class DatasetEntry:
     preflight: Callable[["ExperimentConfig"], None] | None = None
     # (training samples, modality names) without loading the data, for `mmvae train`'s checks; None: unknown.
     facts: Callable[["ExperimentConfig"], tuple[int | None, set[str] | None]] | None = None
+    # The dataset's own lines for metrics.md, consulted before the generic ones: fn() -> [(prefix, count key,
+    # meaning)] (e.g. vision_touch's probe/contact/ must not read as the label probe).
+    metric_help: Callable[[], list[tuple[str, str | None, str]]] | None = None
 
     def check_config(self, config: "ExperimentConfig") -> None:
         """Config checks that need the dataset (ValueError names the key)."""
@@ -193,6 +196,12 @@ def _vision_touch_metrics(run, train, test, settings) -> dict[str, Any]:
     return vision_touch_metrics(run, train, test, settings)
 
 
+def _vision_touch_metric_help() -> list[tuple[str, str | None, str]]:
+    from mmvae.robot_metrics import ROBOT_METRIC_HELP
+
+    return ROBOT_METRIC_HELP
+
+
 def _vision_touch_facts(config: "ExperimentConfig") -> tuple[int | None, set[str] | None]:
     from mmvae.data.robot import facts
 
@@ -210,7 +219,8 @@ DATASETS: dict[str, DatasetEntry] = {
                             targets=_digits4_targets(), needs_path=True, provenance_notes=_digits4_notes),
     "vision_touch": DatasetEntry("vision_touch", _build_vision_touch, "SIMULATED robot episodes in Lee et al.'s format, "
                                  "see `mmvae prepare robot-sim` and docs/robot.md", title="Vision and touch (simulated)",
-                                 metrics=_vision_touch_metrics, needs_path=True, provenance_notes=_vision_touch_notes, facts=_vision_touch_facts),
+                                 metrics=_vision_touch_metrics, needs_path=True, provenance_notes=_vision_touch_notes, facts=_vision_touch_facts,
+                                 metric_help=_vision_touch_metric_help),
 }
 
 
