@@ -34,7 +34,7 @@ SKIP_AND_CONDITION = (
 )
 SEAMS = {
     "skip_features_head_and_condition": SKIP_AND_CONDITION,
-    "mixture_fusion": ("model.fusion=moe_example",),
+    "mixture_fusion": ("model.fusion=moe",),
     "loss_term": ("loss.terms=[reconstruction, heads, prior, joint_l2]", "loss.weights={reg/*: 0.1}"),
     "model_family_without_private_factors": ("model.family=joint_only_example", "model.modalities.bars.private_dim=0",
                                              "model.modalities.wave.private_dim=0"),
@@ -107,7 +107,7 @@ def test_a_mixture_of_one_expert_is_that_expert():
 
 
 def test_the_monte_carlo_kl_of_a_mixture_fusion_matches_the_closed_form_for_one_expert(tmp_path):
-    cfg = tiny_config(tmp_path, ("model.fusion=moe_example",))
+    cfg = tiny_config(tmp_path, ("model.fusion=moe",))
     torch.manual_seed(0)
     model = build_model(cfg.model).eval()
     from mmvae.data.toy import make_toy

@@ -8,20 +8,17 @@ from contextlib import contextmanager
 
 from mmvae.data.registry import DATASETS
 from mmvae.families import FAMILIES
-from mmvae.fusion import FUSIONS
 from mmvae.heads import HEADS
 from mmvae.losses import LOSS_TERMS
 from mmvae.modalities import MODALITY_KINDS
 from tests.seam_examples.dataset import TOY_WITH_ACTION
 from tests.seam_examples.family import JointOnlyVAE
 from tests.seam_examples.l2_term import JointL2Term
-from tests.seam_examples.moe_fusion import MixtureOfExpertsFusion
 from tests.seam_examples.skip_image import BrightnessHead, ConvSkipImage
 
 REGISTRY_LINES = [
     (MODALITY_KINDS, ConvSkipImage.kind, ConvSkipImage),
     (HEADS, BrightnessHead.kind, BrightnessHead),
-    (FUSIONS, "moe_example", MixtureOfExpertsFusion),
     (LOSS_TERMS, "joint_l2", JointL2Term()),
     (FAMILIES, JointOnlyVAE.family, JointOnlyVAE),
     (DATASETS, TOY_WITH_ACTION.name, TOY_WITH_ACTION),
