@@ -1,6 +1,7 @@
 """Test-only examples of every seam (docs/architecture.md shows each as a recipe): a modality with skip
-features, a head that reads them and a condition, a mixture fusion, a loss term, a model family and a
-dataset. Each is one file plus one registry line, made in `register()` (undone by `unregister()`)."""
+features, a head that reads them and a condition, a loss term, a model family and a dataset (the fusion
+recipe's example is the built-in `moe`). Each is one file plus one registry line, made in `register()` (undone
+by `unregister()`)."""
 
 from __future__ import annotations
 
