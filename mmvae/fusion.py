@@ -62,18 +62,23 @@ class MixtureOfExpertsFusion(ProductOfExpertsFusion):
     """
 
     def forward(self, features: dict[str, Tensor], present: dict[str, Tensor]) -> MixtureOfDiagonalGaussians:
-        experts = self.experts_of(features)
-        mask = torch.stack([present[m] for m in self.names])  # (M, B)
-        mu = torch.stack([experts[m].mu for m in self.names])  # (M, B, D)
-        logvar = torch.stack([experts[m].logvar for m in self.names])
-        keep = mask.unsqueeze(-1)
-        mu = torch.where(keep, mu, torch.zeros_like(mu))
-        logvar = torch.where(keep, logvar, torch.zeros_like(logvar))
-        flags = mask.to(mu.dtype)
-        count = flags.sum(0, keepdim=True)  # (1, B)
-        weights = torch.cat([flags / count.clamp_min(1.0), (count == 0).to(mu.dtype)])  # (M + 1, B)
-        zeros = torch.zeros_like(mu[:1])
-        return MixtureOfDiagonalGaussians(torch.cat([mu, zeros]), torch.cat([logvar, zeros]), weights)
+        return mixture_of_present_experts(self.experts_of(features), self.names, present)
+
+
+def mixture_of_present_experts(experts: dict[str, DiagonalGaussian], names: list[str],
+                               present: dict[str, Tensor]) -> MixtureOfDiagonalGaussians:
+    """The `moe` fusion's mixture of given experts (also MMVAE+'s, whose experts are its own)."""
+    mask = torch.stack([present[m] for m in names])  # (M, B)
+    mu = torch.stack([experts[m].mu for m in names])  # (M, B, D)
+    logvar = torch.stack([experts[m].logvar for m in names])
+    keep = mask.unsqueeze(-1)
+    mu = torch.where(keep, mu, torch.zeros_like(mu))
+    logvar = torch.where(keep, logvar, torch.zeros_like(logvar))
+    flags = mask.to(mu.dtype)
+    count = flags.sum(0, keepdim=True)  # (1, B)
+    weights = torch.cat([flags / count.clamp_min(1.0), (count == 0).to(mu.dtype)])  # (M + 1, B)
+    zeros = torch.zeros_like(mu[:1])
+    return MixtureOfDiagonalGaussians(torch.cat([mu, zeros]), torch.cat([logvar, zeros]), weights)
 
 
 def all_subsets(names: list[str]) -> list[tuple[str, ...]]:

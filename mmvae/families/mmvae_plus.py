@@ -4,7 +4,7 @@ without compromises").
 A shared latent z (Z_y) with a mixture-of-experts posterior and a modality-specific latent w_m (Z_m) per modality:
 
     q(z | X)     = (1/|P|) Σ_{m ∈ P} q(z | x_m)          P: the present modalities; q(z | x_m) = the PoE fusion's
-                                                          expert m alone (no prior expert; built here, not in fusion.py)
+                                                          expert m alone (no prior expert), mixed as the `moe` fusion mixes (fusion.mixture_of_present_experts)
     q(w_m | x_m)   the private head of m
     p(z), p(w_m) = N(0, I)  (fixed);   r_n(w_n) = N(0, diag(s_n²)), s_n = aux_scale · D_n · softmax(θ_n)  (learned θ_n)
 
@@ -48,6 +48,7 @@ from mmvae.batch import Batch, element_mask
 from mmvae.config import ConfigError, ModelConfig
 from mmvae.families.base import ForwardOutput, Posteriors
 from mmvae.families.factorized import FactorizedMultimodalVAE
+from mmvae.fusion import mixture_of_present_experts
 from mmvae.latent import DiagonalGaussian, MixtureOfDiagonalGaussians, standard_normal_log_prob
 from mmvae.losses import LOSS_TERMS, LossTerms
 
@@ -71,19 +72,6 @@ class MMVAEPlusOutput(ForwardOutput):
     strata_w: dict[str, Tensor] = field(default_factory=dict)
     strata_params: dict[str, Tensor] = field(default_factory=dict)
     hooked: bool = False  # DReG hooks registered (once per forward)
-
-
-def mixture_of_experts(experts: dict[str, DiagonalGaussian], names: list[str],
-                       present: dict[str, Tensor]) -> MixtureOfDiagonalGaussians:
-    """(1/|P|) Σ_{m ∈ P} q(z | x_m), per sample; a sample with nothing present gets N(0, I) (every component)."""
-    mask = torch.stack([present[m] for m in names])  # (M, B)
-    mu = torch.stack([experts[m].mu for m in names])  # (M, B, D)
-    logvar = torch.stack([experts[m].logvar for m in names])
-    none = ~mask.any(0)  # (B,)
-    mu = torch.where(none[None, :, None], torch.zeros_like(mu), mu)
-    logvar = torch.where(none[None, :, None], torch.zeros_like(logvar), logvar)
-    weights = torch.where(none[None], torch.ones_like(mu[..., 0]), mask.to(mu.dtype))
-    return MixtureOfDiagonalGaussians(mu, logvar, weights / weights.sum(0, keepdim=True))
 
 
 class MMVAEPlus(FactorizedMultimodalVAE):
@@ -110,7 +98,7 @@ class MMVAEPlus(FactorizedMultimodalVAE):
 
     def fuse(self, features: dict[str, Tensor], present: dict[str, Tensor]) -> MixtureOfDiagonalGaussians:
         """q(z | X): the mixture of the present modalities' experts."""
-        return mixture_of_experts(self.experts(features), self.names, present)
+        return mixture_of_present_experts(self.experts(features), self.names, present)
 
     def aux_std(self, name: str) -> Tensor:
         """r_n's standard deviations (Dn,): aux_scale · Dn · softmax(θ_n), so their mean stays aux_scale."""
@@ -130,7 +118,7 @@ class MMVAEPlus(FactorizedMultimodalVAE):
         present = batch["present"]
         encodings = self.encode_modalities(inputs, masks)
         experts = self.experts({m: encodings[m].h for m in self.names})
-        joint = mixture_of_experts(experts, self.names, present)
+        joint = mixture_of_present_experts(experts, self.names, present)
         private = {m: DiagonalGaussian.from_params(self.private_heads[m](encodings[m].h)) for m in self.private_names}
         k = self.options.K if sample else 1
         draw = (lambda q: q.rsample(k)) if sample else (lambda q: q.mu.unsqueeze(0))  # noqa: E731  (K, B, D)
