@@ -16,6 +16,7 @@ Variants (the action stays as the heads' condition in every one):
 from __future__ import annotations
 
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -32,12 +33,26 @@ COLUMNS = [("flow/epe", "flow EPE (px)"), ("flow/epe_zero_baseline", "zero-flow 
            ("step", "steps")]
 
 
+def full_recon_weights(modalities: dict) -> dict[str, float]:
+    """Each observed modality's reconstruction weight in the full model, made explicit. "auto" means (smallest
+    modality's size) / (own size) over the modalities present, so dropping the small ones (proprio, force) would
+    multiply the image and depth weights by up to 2,048 and change the budget between reconstruction and heads:
+    every variant keeps the weights the full model has."""
+    observed = {m: mc for m, mc in modalities.items() if mc.get("role") != "condition"}
+    sizes = {m: math.prod(mc["shape"]) for m, mc in observed.items()}
+    smallest = min(sizes.values())
+    return {m: smallest / sizes[m] if mc.get("recon_weight", "auto") == "auto" else float(mc["recon_weight"])
+            for m, mc in observed.items()}
+
+
 def ablation_tree(tree: dict, variant: str) -> dict:
     """The config tree with only the variant's observed modalities (conditions kept); heads that read a removed
     modality's skips, and their loss weights, are dropped."""
     keep = set(VARIANTS[variant])
     model = tree["model"]
-    mods = {m: mc for m, mc in model["modalities"].items() if mc.get("role") == "condition" or m in keep}
+    weights_in_full = full_recon_weights(model["modalities"])
+    mods = {m: ({**mc, "recon_weight": weights_in_full[m]} if m in weights_in_full else mc)
+            for m, mc in model["modalities"].items() if mc.get("role") == "condition" or m in keep}
     heads, dropped_terms = {}, []
     for name, hc in (model.get("heads") or {}).items():
         source = (hc.get("options") or {}).get("source", "image") if hc["kind"] == "flow" else None

@@ -383,3 +383,26 @@ def test_contact_head_and_joint_attributions_over_force_steps_and_pixels():
         assert np.asarray(mods["image"]["mean_abs_per_part"]).shape == (H, H)  # one per pixel
         assert sum(m["share"] for m in mods.values()) == pytest.approx(1.0)
         assert report[key]["completeness_relative_error"] < 0.2
+
+
+def test_ablation_variants_keep_the_full_models_reconstruction_weights():
+    """'auto' reconstruction weights depend on the smallest modality present: without proprio the image would weigh
+    24x (no force) to 2,048x (vision only) more against the heads. Every variant's config must give each modality
+    the weight it has in the full model, so the variants differ only in their inputs."""
+    import importlib.util
+
+    import yaml
+
+    from mmvae.api import make_config
+    from mmvae.families import build_model
+
+    spec = importlib.util.spec_from_file_location("robot_ablation", REPO / "scripts" / "robot_ablation.py")
+    ablation = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ablation)
+    tree = yaml.safe_load((REPO / "configs" / "vision_touch_quick.yaml").read_text())
+    full = build_model(make_config(tree).model).reconstruction_weights()
+    for variant, kept in ablation.VARIANTS.items():
+        weights = build_model(make_config(ablation.ablation_tree(tree, variant)).model).reconstruction_weights()
+        assert set(weights) == set(kept)
+        assert weights == pytest.approx({m: full[m] for m in kept}), variant
+    assert full["image"] < full["force"] < full["proprio"] == 1.0  # the quick config's weights are size-corrected

@@ -223,6 +223,9 @@ class RobotEpisodes:
         self.proprio = torch.from_numpy(sensors["proprio"])
         self.action = torch.from_numpy(sensors["action"])
         self.contact = torch.from_numpy(sensors["contact"].any(axis=2))
+        # No class labels: y is -1 everywhere, so label-balanced subsets (evaluation, attribution) are seeded
+        # random subsets found without gathering every sample's frames to look for labels.
+        self.y = torch.full((int(self.samples.shape[0]),), -1, dtype=torch.long)
         self.split, self.seed, self.mode, self.fraction, self.shift = split, seed, negatives, negative_fraction, shift
         self._device = torch.device(device)
         self._provenance = {"dataset": "vision_touch", "simulation": bool(manifest["simulation"]),
