@@ -4,6 +4,7 @@
 # markdown table (scripts/zoo_table.py) from the run folders.
 #
 #   scripts/zoo_compare.sh [NAME ...]        (from the repository root; default: every name in FAMILIES)
+#   scripts/zoo_compare.sh path/to/X.yaml ...   any config, run as $OUT/X (e.g. configs/disentangle/*.yaml)
 #
 # For each NAME it runs the commands a user would:
 #   mmvae train CONFIG data.path=$DATA train.device=$DEVICE train.max_steps=$STEPS [K override] --run-dir $OUT/NAME
@@ -30,7 +31,8 @@ DATA=${DATA:-data/mnist_svhn}        # prepared MNIST–SVHN folder (with its cl
 OUT=${OUT:-runs/zoo}                 # parent of the run folders
 DEVICE=${DEVICE:-cpu}
 MMVAE=${MMVAE:-mmvae}                # the command (e.g. MMVAE="python -m mmvae.cli")
-PYTHON=${PYTHON:-python3}            # runs scripts/zoo_table.py (needs PyYAML)
+PYTHON=${PYTHON:-python3}            # runs the table script (needs PyYAML)
+TABLE=${TABLE:-zoo_table.py}         # the table script in scripts/ (disentangle_table.py for configs/disentangle)
 
 # name -> config; the two factorized rows: with its label head (the quick config as is) and without.
 FAMILIES=(factorized factorized_unsupervised mvae mmvae mopoe dmvae mmvae_plus)
@@ -39,6 +41,7 @@ config_of() {
     factorized) echo configs/mnist_svhn_quick.yaml ;;
     factorized_unsupervised) echo configs/zoo/factorized_unsupervised.yaml ;;
     mvae|mmvae|mopoe|dmvae|mmvae_plus) echo "configs/zoo/$1.yaml" ;;
+    *.yaml) [ -f "$1" ] && echo "$1" ;;
     *) return 1 ;;
   esac
 }
@@ -58,7 +61,7 @@ fi
 NAMES=("$@")
 [ ${#NAMES[@]} -eq 0 ] && NAMES=("${FAMILIES[@]}")
 for name in "${NAMES[@]}"; do
-  config_of "$name" >/dev/null || { echo "zoo_compare: unknown name '$name'; known: ${FAMILIES[*]}" >&2; exit 2; }
+  config_of "$name" >/dev/null || { echo "zoo_compare: unknown name '$name'; known: ${FAMILIES[*]} or an existing CONFIG.yaml" >&2; exit 2; }
 done
 
 if [ ! -f "$DATA/manifest.json" ]; then
@@ -78,7 +81,7 @@ elapsed() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", b - a }'; }
 mkdir -p "$OUT"
 RUNS=()
 for name in "${NAMES[@]}"; do
-  run="$OUT/$name"
+  run="$OUT/$(basename "$name" .yaml)"
   RUNS+=("$run")
   if [ -f "$run/eval/metrics.json" ]; then
     echo "== $name: $run is already trained and evaluated (delete the folder to redo it)"
@@ -106,5 +109,5 @@ for name in "${NAMES[@]}"; do
   echo "== $name: train $(elapsed "$started" "$trained") s, evaluate $(elapsed "$trained" "$done_at") s (wall)"
 done
 
-"$PYTHON" "$HERE/zoo_table.py" "${RUNS[@]}" | tee "$OUT/table.md"
+"$PYTHON" "$HERE/$TABLE" "${RUNS[@]}" | tee "$OUT/table.md"
 echo "wrote $OUT/table.md"

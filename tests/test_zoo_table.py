@@ -215,6 +215,7 @@ def test_zoo_compare_is_valid_bash_and_names_every_family() -> None:
     configs = bash_function("config_of", *names)
     assert len(configs) == len(names) and all((REPO / c).is_file() for c in configs)
     assert dict(zip(names, bash_function("overrides_of", *names)))["mmvae"] == "model.family_options.K=4"
+    assert bash_function("config_of", "configs/toy.yaml") == ["configs/toy.yaml"]  # any existing config path
     for name, path in zip(names, configs):
         family = load_config(REPO / path).model.family
         assert family == ("factorized" if name.startswith("factorized") else name)
@@ -243,4 +244,6 @@ def test_zoo_compare_stops_with_the_command_that_makes_what_is_missing(tmp_path:
     assert proc.returncode == 2 and f"mmvae classifiers {tmp_path / 'data'}" in proc.stderr
     proc = run("nonsense", DATA=str(tmp_path / "data"))
     assert proc.returncode == 2 and "unknown name 'nonsense'" in proc.stderr
+    proc = run(str(tmp_path / "missing.yaml"), DATA=str(tmp_path / "data"))  # a config path must exist
+    assert proc.returncode == 2 and "unknown name" in proc.stderr
     assert not (tmp_path / "runs").exists()  # nothing trained
