@@ -1,4 +1,5 @@
-"""The offline SVHN stand-in: format, class proportions, determinism, fonts, geometry and legibility."""
+"""The offline SVHN stand-in: format, class proportions, determinism, fonts, geometry, legibility, and the style
+factors it records (which change no image)."""
 
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from data_prep import street_digits as sd
 
 
 @pytest.fixture(scope="module")
-def sample() -> tuple[np.ndarray, np.ndarray]:
-    """3,000 train-split digits, shared by the tests of this module."""
-    return sd.generate_street_digits(3000, seed=0, split="train")
+def sample() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """3,000 train-split digits with their style factors, shared by the tests of this module."""
+    return sd.generate_street_digits(3000, seed=0, split="train", return_factors=True)
 
 
 def test_format_and_labels(sample) -> None:
-    images, labels = sample
+    images, labels, _ = sample
     assert images.shape == (3000, 3, 32, 32) and images.dtype == np.uint8
     assert labels.shape == (3000,) and labels.dtype == np.int64
     np.testing.assert_array_equal(np.bincount(labels, minlength=10), sd.svhn_like_counts(3000, "train"))
@@ -46,9 +47,10 @@ def test_same_seed_identical_other_seed_or_split_different() -> None:
 
 def test_two_workers_give_the_same_images(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sd, "CHUNK", 32)
-    one = sd.generate_street_digits(100, seed=3, workers=1)
-    two = sd.generate_street_digits(100, seed=3, workers=2)
+    one = sd.generate_street_digits(100, seed=3, workers=1, return_factors=True)
+    two = sd.generate_street_digits(100, seed=3, workers=2, return_factors=True)
     np.testing.assert_array_equal(one[0], two[0])
+    np.testing.assert_array_equal(one[2], two[2])  # the factors too, chunk by chunk
 
 
 def test_fonts_include_matplotlib_and_exclude_symbol_fonts() -> None:
@@ -86,7 +88,7 @@ def test_affine_grid_matches_torch() -> None:
 
 def test_digits_are_legible_to_a_linear_classifier(sample) -> None:
     """Known answer: the label is readable from the pixels; negative control: shuffled labels are not."""
-    images, labels = sample
+    images, labels, _ = sample
     grey = images.astype(np.float32).mean(axis=1)
     border = np.concatenate([grey[:, :3], grey[:, -3:]], axis=1).mean(axis=(1, 2))
     centre = grey[:, 10:22, 12:20].mean(axis=(1, 2))
@@ -128,6 +130,44 @@ def fonts_digest() -> str:
 def test_images_are_byte_identical_to_the_pinned_ones(n, seed, split) -> None:
     if fonts_digest() != PINNED_FONTS:
         pytest.skip("this machine's fonts differ from those the hashes were pinned with")
-    images, labels = sd.generate_street_digits(n, seed=seed, split=split)
-    digests = (hashlib.sha256(images.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest())
-    assert digests == PINNED[n, seed, split]
+    for return_factors in (False, True):  # asking for the factors changes no draw
+        images, labels, *_ = sd.generate_street_digits(n, seed=seed, split=split, return_factors=return_factors)
+        digests = (hashlib.sha256(images.tobytes()).hexdigest(), hashlib.sha256(labels.tobytes()).hexdigest())
+        assert digests == PINNED[n, seed, split], return_factors
+
+
+def test_factors_have_their_documented_types_and_ranges(sample) -> None:
+    _, _, factors = sample
+    assert factors.shape == (3000, len(sd.FACTORS)) and factors.dtype == np.float32
+    assert len(set(sd.FACTOR_NAMES)) == len(sd.FACTOR_NAMES) == len(sd.FACTOR_DISCRETE)
+    f = dict(zip(sd.FACTOR_NAMES, factors.T))
+    for name, discrete in zip(sd.FACTOR_NAMES, sd.FACTOR_DISCRETE):
+        assert discrete == np.array_equal(f[name], np.round(f[name])), name  # the discrete ones hold integers
+    assert set(np.unique(f["font"])) == set(range(len(sd.build_atlas().fonts)))  # indices into the font list
+    assert set(np.unique(f["stroke_weight"])) <= {0, 1, 2, 3} and set(np.unique(f["neighbours"])) == {0, 1, 2}
+    assert 0.7 < f["neighbours"].mean() / 2 < 0.8 and 0.17 < f["shadow"].mean() < 0.23  # p = 0.75 and 0.2
+    for name, lo, hi in [("digit_height", 0.68, 0.95), ("rotation", -8, 8), ("slant", -0.2, 0.2),
+                         ("aspect", 0.8, 1.25), ("shift_x", -2.5, 2.5), ("shift_y", -2.5, 2.5), ("blur", 0.3, 1.3),
+                         ("noise", 0, 0.05), ("falloff", 0, 0.35), ("texture", 0, 0.25)]:
+        span = hi - lo
+        assert lo - 1e-6 <= f[name].min() < lo + 0.05 * span and hi - 0.05 * span < f[name].max() <= hi + 1e-6, name
+    assert (np.abs(f["contrast"]) >= sd.MIN_CONTRAST - 1e-6).all()
+    np.testing.assert_allclose(f["contrast"], f["digit_luminance"] - f["background_luminance"], atol=1e-6)
+    assert 0.45 < (f["gradient"] == 0).mean() < 0.55 and 0.7 < (f["stripes"] == 0).mean() < 0.8
+
+
+def test_factors_are_what_the_images_show(sample) -> None:
+    """Known answers read off the pixels: the background luminance from the corners, the contrast's sign from the
+    centre against the corners, the neighbours from ink at the left and right edges; negative control: shuffled."""
+    images, _, factors = sample
+    f = dict(zip(sd.FACTOR_NAMES, factors.T))
+    luma = images.astype(np.float32).transpose(0, 2, 3, 1) @ sd.LUMA / 255
+    corners = np.concatenate([luma[:, :3, :3], luma[:, :3, -3:], luma[:, -3:, :3], luma[:, -3:, -3:]], 1)
+    corner = corners.reshape(len(luma), -1).mean(1)
+    centre = luma[:, 12:20, 13:19].mean((1, 2))
+    shuffled = np.random.default_rng(0).permutation(f["background_luminance"])
+    assert np.corrcoef(corner, f["background_luminance"])[0, 1] > 0.9
+    assert abs(np.corrcoef(corner, shuffled)[0, 1]) < 0.1
+    assert np.mean(np.sign(centre - corner) == np.sign(f["contrast"])) > 0.9
+    edges = np.abs(luma[:, 8:24][:, :, [0, 1, -2, -1]] - corner[:, None, None]).mean((1, 2))
+    assert edges[f["neighbours"] == 2].mean() > 1.5 * edges[f["neighbours"] == 0].mean()
