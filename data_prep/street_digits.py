@@ -66,6 +66,10 @@ LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601 luma weights of (R, G, B)
 FACTORS: tuple[tuple[str, bool, str], ...] = (
     ("font", True, "index into the generator's font list (manifest svhn.generator.fonts)"),
     ("stroke_weight", True, "0 thinned (min filter 3), 1 the font's own, 2 bold (max filter 5), 3 heavy (max filter 9)"),
+    ("font_width", False, "the drawn font and stroke weight's mean digit width / digit height (0–9 averaged: not the "
+                          "label's own glyph)"),
+    ("font_ink", False, "the drawn font and stroke weight's mean ink density, the inked fraction of each digit glyph's "
+                        "bounding box (0–9 averaged)"),
     ("neighbours", True, "partial neighbouring digits drawn at the left and right edges: 0, 1 or 2"),
     ("digit_height", False, "centre digit's height / image height, 0.68–0.95"),
     ("rotation", False, "degrees, positive clockwise on screen, −8 to 8"),
@@ -359,8 +363,11 @@ def style_factors(atlas: GlyphAtlas, layout: dict, drawn: dict, blur_sigma: np.n
     bg_hsv, fg_hsv = matplotlib.colors.rgb_to_hsv(drawn["bg"]), matplotlib.colors.rgb_to_hsv(drawn["fg"])
     bg_luma, fg_luma = drawn["bg"] @ LUMA, drawn["fg"] @ LUMA
     style = layout["style"]
+    width_px = atlas.widths * CANVAS / 2  # (K, 10) glyph widths in cell pixels; every glyph is GLYPH_HEIGHT high
+    ink_density = atlas.glyphs.sum((2, 3)).numpy() / (GLYPH_HEIGHT * np.maximum(width_px, 1))
     columns = {
         "font": atlas.style_font[style], "stroke_weight": atlas.style_weight[style],
+        "font_width": (width_px / GLYPH_HEIGHT).mean(1)[style], "font_ink": ink_density.mean(1)[style],
         "neighbours": layout["present"][:, 0].astype(int) + layout["present"][:, 2],
         "digit_height": layout["height"], "rotation": layout["angle_deg"], "slant": -layout["shear"],
         "aspect": layout["aspect"], "shift_x": layout["shift_px"][:, 0], "shift_y": layout["shift_px"][:, 1],

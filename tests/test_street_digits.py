@@ -154,6 +154,14 @@ def test_factors_have_their_documented_types_and_ranges(sample) -> None:
     assert (np.abs(f["contrast"]) >= sd.MIN_CONTRAST - 1e-6).all()
     np.testing.assert_allclose(f["contrast"], f["digit_luminance"] - f["background_luminance"], atol=1e-6)
     assert 0.45 < (f["gradient"] == 0).mean() < 0.55 and 0.7 < (f["stripes"] == 0).mean() < 0.8
+    # the font columns are properties of the (font, weight) drawn, not of the label: a heavier weight is inkier
+    ink = [f["font_ink"][f["stroke_weight"] == w].mean() for w in range(4)]
+    assert np.all(np.diff(ink) > 0.05), ink
+    for name in ("font_width", "font_ink"):
+        per_style = {}
+        for key, value in zip(zip(f["font"], f["stroke_weight"]), f[name]):
+            per_style.setdefault(key, set()).add(float(value))
+        assert all(len(values) == 1 for values in per_style.values()), name  # one value per (font, weight)
 
 
 def test_factors_are_what_the_images_show(sample) -> None:
