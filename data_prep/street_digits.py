@@ -66,10 +66,10 @@ LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601 luma weights of (R, G, B)
 FACTORS: tuple[tuple[str, bool, str], ...] = (
     ("font", True, "index into the generator's font list (manifest svhn.generator.fonts)"),
     ("stroke_weight", True, "0 thinned (min filter 3), 1 the font's own, 2 bold (max filter 5), 3 heavy (max filter 9)"),
-    ("font_width", False, "the drawn font and stroke weight's mean digit width / digit height (0–9 averaged: not the "
-                          "label's own glyph)"),
-    ("font_ink", False, "the drawn font and stroke weight's mean ink density, the inked fraction of each digit glyph's "
-                        "bounding box (0–9 averaged)"),
+    ("font_width", False, "the drawn font and stroke weight's mean digit width / digit height, averaged over 0–9 (not "
+                          "the label's own glyph), about 0.5–0.85"),
+    ("font_ink", False, "the drawn font and stroke weight's ink density, the inked fraction of a digit glyph's bounding "
+                        "box averaged over 0–9, about 0.2–0.8"),
     ("neighbours", True, "partial neighbouring digits drawn at the left and right edges: 0, 1 or 2"),
     ("digit_height", False, "centre digit's height / image height, 0.68–0.95"),
     ("rotation", False, "degrees, positive clockwise on screen, −8 to 8"),

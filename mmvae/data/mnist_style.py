@@ -17,8 +17,8 @@ returns (N, 5) float32 with the columns of `STYLE_NAMES`, all continuous:
   height     rows of that bounding box, pixels (MNIST digits are scaled to fit 20 x 20: mostly 18–20)
   ink        ink mass, the summed intensity in units of fully inked pixels
 
-A blank image measures 0 everywhere. Cost: about 0.5 ms per image on one CPU core (1 s for 2,000; mostly the
-upsampling and the distance transforms).
+A blank image measures 0 everywhere. Cost: 0.5–1 ms per image on one core of the shared CPU (1–2 s for 2,000;
+mostly the upsampling and the distance transforms).
 """
 
 from __future__ import annotations
