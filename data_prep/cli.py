@@ -1,4 +1,5 @@
-"""Command line: `mmvae prepare mnist-svhn --raw DIR --svhn {real,synthetic,auto} --dm 30 --seed 0 --out DIR`.
+"""Command line: `mmvae prepare mnist-svhn --raw DIR --svhn {real,synthetic,auto} --dm 30 --seed 0 --out DIR`,
+and `mmvae prepare svhn-factors DIR` (the street-digit factors of a folder prepared before they were recorded).
 
 Wire into a parent parser with `add_prepare_parser(subparsers)`; the parsed namespace carries
 `func=run_prepare`, so the caller dispatches with `args.func(args)`. Also runnable on its own:
@@ -12,7 +13,7 @@ import sys
 from pathlib import Path
 
 from data_prep.errors import DataError
-from data_prep.mnist_svhn import SVHN_SOURCES, prepare
+from data_prep.mnist_svhn import SVHN_SOURCES, add_svhn_factors, prepare
 from data_prep.street_digits import SVHN_SIZES
 from mmvae.cli_types import positive_int  # noqa: F401  (also used by digits4_cli and classifiers)
 
@@ -47,6 +48,11 @@ def add_prepare_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
                    help=f"synthetic stand-in only: test digits (default: {SVHN_SIZES['test']:,}, as SVHN)")
     p.add_argument("--no-download", action="store_true", help="never touch the network; missing files are an error")
     p.set_defaults(func=run_prepare)
+    f = datasets.add_parser("svhn-factors", help="add the street-digit style factors to an MNIST–SVHN folder prepared "
+                                                 "with the synthetic stand-in before they were recorded")
+    f.add_argument("prepared", type=Path, help="the prepared folder (its manifest gives the generator's seed and sizes)")
+    f.add_argument("--workers", type=positive_int, default=1, help="generator processes (default: 1)")
+    f.set_defaults(func=run_add_factors)
     from data_prep.digits4_cli import add_digits4_parser  # `prepare digits4`: MNIST, SVHN, FSDD and sentences
 
     add_digits4_parser(datasets, p)
@@ -83,6 +89,18 @@ def run_prepare(args: argparse.Namespace) -> int:
         return 1
     counts = ", ".join(f"{s} {v['pairs']:,} pairs" for s, v in manifest["splits"].items())
     print(f"prepared {args.out}: {counts}; SVHN source: {manifest['svhn']['source']}")
+    return 0
+
+
+def run_add_factors(args: argparse.Namespace) -> int:
+    """Run `prepare svhn-factors`: 0 on success, 1 with a one-line error when the folder cannot take them."""
+    try:
+        manifest = add_svhn_factors(args.prepared, workers=args.workers)
+    except (DataError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    names = manifest["svhn"]["factors"]["names"]
+    print(f"added {len(names)} street-digit factors to {args.prepared}: {', '.join(names)}")
     return 0
 
 

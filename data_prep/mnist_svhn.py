@@ -6,6 +6,12 @@ The prepared directory holds, per split, `{split}_mnist_images.npy` (N, 1, 28, 2
 (written last) with the protocol, the SVHN source used and why, the raw sources with their
 checksums, pair counts, and the sha256 of every array file. No timestamps: the same inputs and
 seed give byte-identical files, manifest included.
+
+With the synthetic stand-in, `{split}_svhn_factors.npy` (M, K) float32 holds the style each street digit was
+drawn with (data_prep.street_digits.FACTORS); `manifest.svhn.factors` names the columns, says which are
+discrete and lists the files (`recorded: false` and no files for real SVHN, which records no style).
+`add_svhn_factors` writes them into a folder prepared before they existed, after checking that the
+generator reproduces its images byte for byte.
 """
 
 from __future__ import annotations
@@ -27,6 +33,8 @@ SPLITS = ("train", "test")
 SVHN_SOURCES = ("real", "synthetic", "auto")
 SPLIT_STREAMS = {"train": 0, "test": 1}
 ROLES = ("mnist_images", "mnist_labels", "svhn_images", "svhn_labels", "pairs")
+FACTOR_ROLE = "svhn_factors"
+REAL_SVHN_FACTORS = {"recorded": False, "reason": "real SVHN records no style factors"}
 
 Log = Callable[[str], None]
 
@@ -72,8 +80,9 @@ def generate_svhn(seed: int, sizes: dict[str, int], workers: int, log: Log) -> t
     log(f"generating the synthetic SVHN stand-in: {sizes['train']:,} train + {sizes['test']:,} test digits")
     data = {}
     for split in SPLITS:
-        images, labels = street_digits.generate_street_digits(sizes[split], seed, split, workers=workers)
-        data[split] = svhn.SvhnSplit(images, labels)
+        images, labels, factors = street_digits.generate_street_digits(sizes[split], seed, split, workers=workers,
+                                                                       return_factors=True)
+        data[split] = svhn.SvhnSplit(images, labels, factors=factors)
     return data, street_digits.generator_info(seed, {s: sizes[s] for s in SPLITS})
 
 
@@ -129,6 +138,12 @@ def save_array(out_dir: Path, name: str, array: np.ndarray) -> dict:
     return {"sha256": digest, "bytes": path.stat().st_size, "shape": list(array.shape), "dtype": str(array.dtype)}
 
 
+def synthetic_factors_record(files: dict[str, str]) -> dict:
+    """manifest.svhn.factors for the stand-in: column names, discrete flags, meanings and the file of each split."""
+    return {"recorded": True, "generator": street_digits.GENERATOR_VERSION, **street_digits.factor_record(),
+            "files": dict(files)}
+
+
 def write_manifest(out_dir: Path, manifest: dict) -> None:
     """Write manifest.json last and atomically."""
     tmp = out_dir / f".{MANIFEST}.tmp"
@@ -158,7 +173,7 @@ def prepare(
     log(f"SVHN source: {svhn_record['source']} ({svhn_record['reason']})")
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / MANIFEST).unlink(missing_ok=True)  # the directory is not valid until the new manifest lands
-    files, splits = {}, {}
+    files, splits, factor_files = {}, {}, {}
     for split in SPLITS:
         m, s = mnist_data[split], svhn_data[split]
         pairs = pairing.pair_indices(m.labels, s.labels, dm, seed, SPLIT_STREAMS[split])
@@ -166,6 +181,12 @@ def prepare(
         names = {role: array_name(split, role) for role in ROLES}
         for role, array in arrays.items():
             files[names[role]] = save_array(out_dir, names[role], array)
+        factor_name = array_name(split, FACTOR_ROLE)
+        if s.factors is not None:
+            files[factor_name] = save_array(out_dir, factor_name, s.factors)
+            factor_files[split] = factor_name
+        else:  # no stale factors of an earlier preparation beside images they do not describe
+            (out_dir / factor_name).unlink(missing_ok=True)
         kept = pairing.kept_per_class(m.labels, s.labels)
         splits[split] = {"pairs": len(pairs), "kept_per_class": kept.tolist(), "mnist_images": len(m.labels), "svhn_images": len(s.labels), "files": names}
         log(f"{split}: {len(pairs):,} pairs from {int(kept.sum()):,} images per side (dm={dm})")
@@ -174,10 +195,59 @@ def prepare(
         "dataset": "mnist-svhn",
         "protocol": {"name": "Shi et al. 2019 MNIST-SVHN pairs", "dm": dm, "seed": seed, "max_per_class": pairing.MAX_PER_CLASS},
         "mnist": {"dir": str(raw_dir.resolve()), "files": {n: i for s in SPLITS for n, i in mnist_data[s].files.items()}},
-        "svhn": svhn_record,
+        "svhn": {**svhn_record, "factors": synthetic_factors_record(factor_files) if factor_files else REAL_SVHN_FACTORS},
         "splits": splits,
         "files": files,
     }
     write_manifest(out_dir, manifest)
     log(f"wrote {out_dir / MANIFEST}")
+    return manifest
+
+
+def add_svhn_factors(out_dir: str | Path, workers: int = 1, log: Log = print) -> dict:
+    """Write `{split}_svhn_factors.npy` into a synthetic-SVHN folder prepared before the generator recorded them.
+
+    Regenerates the stand-in from the manifest's seed and sizes, checks that the images and labels are byte for
+    byte the stored ones (else the factors would describe other images: other fonts or another generator),
+    writes the factor files and rewrites the manifest with their record and checksums. No other file is touched.
+    Returns the new manifest."""
+    out_dir = Path(out_dir)
+    path = out_dir / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError as e:
+        raise DataError(path, "not found: prepare the data first (`mmvae prepare mnist-svhn ...`)") from e
+    except (OSError, json.JSONDecodeError) as e:
+        raise DataError(path, f"is unreadable or not JSON ({e})") from e
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataError(path, f"is not an MNIST–SVHN manifest (format {FORMAT!r} expected)")
+    record = manifest.get("svhn", {})
+    if record.get("source") != "synthetic":
+        raise DataError(path, f"records SVHN source {record.get('source')!r}: {REAL_SVHN_FACTORS['reason']}, "
+                              "only the synthetic stand-in has factors")
+    generator = record.get("generator", {})
+    if generator.get("generator") != street_digits.GENERATOR_VERSION:
+        raise DataError(path, f"was made by generator {generator.get('generator')!r}, this is "
+                              f"{street_digits.GENERATOR_VERSION!r}: its images cannot be regenerated")
+    fonts = [(f["file"], f["sha256"]) for f in street_digits.build_atlas().fonts]
+    if [(f.get("file"), f.get("sha256")) for f in generator.get("fonts", [])] != fonts:
+        raise DataError(path, "was made with other font files than this machine's: its images cannot be regenerated "
+                              "here (prepare the folder again, or add the factors where it was prepared)")
+    factor_files = {}
+    for split in SPLITS:
+        names = manifest["splits"][split]["files"]
+        images, labels, factors = street_digits.generate_street_digits(
+            int(generator["sizes"][split]), int(generator["seed"]), split, workers=workers, return_factors=True)
+        for role, regenerated in (("svhn_images", images), ("svhn_labels", labels)):
+            stored = np.load(out_dir / names[role], mmap_mode="r", allow_pickle=False)
+            if stored.shape != regenerated.shape or not np.array_equal(stored, regenerated):
+                raise DataError(out_dir / names[role], "differs from what the generator makes from the manifest's seed "
+                                                       "and sizes: factors would not describe these images")
+        name = array_name(split, FACTOR_ROLE)
+        manifest["files"][name] = save_array(out_dir, name, factors)
+        factor_files[split] = name
+        log(f"{split}: {len(factors):,} street digits' factors checked against their images, written to {name}")
+    manifest["svhn"]["factors"] = synthetic_factors_record(factor_files)
+    write_manifest(out_dir, manifest)
+    log(f"wrote {path}")
     return manifest

@@ -7,6 +7,11 @@ neighbouring digits at the left and right edges, small rotation/shear/scale/shif
 changes, blur and noise. Labels follow SVHN's class proportions (exactly SVHN's counts at SVHN's
 sizes), so the pairing protocol gives the same pair counts as with the real files.
 
+The style it drew for every image can be returned with the images (`return_factors=True`): an (n, K)
+float32 array with the columns of `FACTOR_NAMES` (which ones are discrete: `FACTOR_DISCRETE`; what each
+means and its unit: `FACTORS`). They are read off the draws, never drawn again: asking for them changes no
+image.
+
 How it is fast: each font's ten digits are rendered once into a glyph atlas; every image is then
 built by batched tensor ops (`affine_grid`/`grid_sample` for the three glyph slots, vectorised
 colours, backgrounds, blur and noise) in fixed-size chunks. Chunk k draws its randomness from
@@ -53,6 +58,43 @@ SUPERSAMPLE = 2
 NEIGHBOUR_REACH = 0.8  # a neighbour's centre is at least this far out (image half-width = 1)
 MIN_CONTRAST = 0.2  # luminance difference between digit and background colours
 CHUNK = 2048  # fixed: part of the definition of the output for a seed
+LUMA = np.array([0.299, 0.587, 0.114])  # Rec. 601 luma weights of (R, G, B)
+
+# The style factors recorded per image: (name, discrete, meaning and unit). Not recorded (drawn, but minor or
+# not one number per image): the neighbours' digits and gaps, the gradient's, stripes' and falloff's
+# directions, the stripes' frequency and phase, the ink's and the colour noise's amplitudes, the noise fields.
+FACTORS: tuple[tuple[str, bool, str], ...] = (
+    ("font", True, "index into the generator's font list (manifest svhn.generator.fonts)"),
+    ("stroke_weight", True, "0 thinned (min filter 3), 1 the font's own, 2 bold (max filter 5), 3 heavy (max filter 9)"),
+    ("font_width", False, "the drawn font and stroke weight's mean digit width / digit height, averaged over 0–9 (not "
+                          "the label's own glyph), about 0.5–0.85"),
+    ("font_ink", False, "the drawn font and stroke weight's ink density, the inked fraction of a digit glyph's bounding "
+                        "box averaged over 0–9, about 0.2–0.8"),
+    ("neighbours", True, "partial neighbouring digits drawn at the left and right edges: 0, 1 or 2"),
+    ("digit_height", False, "centre digit's height / image height, 0.68–0.95"),
+    ("rotation", False, "degrees, positive clockwise on screen, −8 to 8"),
+    ("slant", False, "horizontal shear, x per unit height upward (the negated shear drawn), positive: the top leans "
+                     "right, −0.2 to 0.2"),
+    ("aspect", False, "horizontal stretch of the glyph, 0.8–1.25"),
+    ("shift_x", False, "px, the digit's centre right of the image centre, −2.5 to 2.5"),
+    ("shift_y", False, "px, the digit's centre below the image centre, −2.5 to 2.5"),
+    ("digit_luminance", False, "Rec. 601 luma of the digit colour, 0–1"),
+    ("background_luminance", False, "Rec. 601 luma of the background colour (before shading), 0–1"),
+    ("contrast", False, "digit − background luminance, |·| ≥ 0.2; negative: a dark digit on a light background"),
+    ("digit_hue", False, "HSV hue of the digit colour, 0–1 (a circle; meaningless at low saturation)"),
+    ("digit_saturation", False, "HSV saturation of the digit colour, 0–0.9"),
+    ("background_hue", False, "HSV hue of the background colour, 0–1 (a circle)"),
+    ("background_saturation", False, "HSV saturation of the background colour, 0–0.8"),
+    ("gradient", False, "strength of the background's colour gradient: 0 (flat, half the images) or 0.3–1"),
+    ("texture", False, "amplitude of the background's smooth shading noise, 0–0.25"),
+    ("stripes", False, "amplitude of background stripes: 0 (three images in four) or 0.03–0.12"),
+    ("shadow", True, "a drop shadow is drawn: 0 or 1"),
+    ("falloff", False, "depth of the lighting falloff across the image, 0–0.35"),
+    ("blur", False, "Gaussian blur σ, px, 0.3–1.3"),
+    ("noise", False, "pixel noise σ, fraction of full scale, 0–0.05"),
+)
+FACTOR_NAMES = tuple(name for name, _, _ in FACTORS)
+FACTOR_DISCRETE = tuple(discrete for _, discrete, _ in FACTORS)
 
 
 @dataclass(frozen=True)
@@ -64,6 +106,7 @@ class GlyphAtlas:
     style_font: np.ndarray  # (K,) index into fonts
     style_p: np.ndarray  # (K,) sampling probability: fonts uniform, weights by WEIGHTS
     fonts: tuple[dict, ...]
+    style_weight: np.ndarray  # (K,) index into WEIGHTS
 
 
 def candidate_font_files() -> list[Path]:
@@ -139,7 +182,7 @@ def render_font(path: Path) -> list[np.ndarray | None]:
 @lru_cache(maxsize=1)
 def build_atlas() -> GlyphAtlas:
     """Render every distinct usable font found into a glyph atlas (cached per process)."""
-    cells, style_font, style_p, fonts, seen = [], [], [], [], set()
+    cells, style_font, style_weight, style_p, fonts, seen = [], [], [], [], [], set()
     for path in candidate_font_files():
         name = digit_font_name(path)
         if name is None or name in seen:
@@ -151,11 +194,12 @@ def build_atlas() -> GlyphAtlas:
         if stacks[1] is None:  # the font's own weight must be usable
             continue
         seen.add(name)
-        usable = [(s, w[2]) for s, w in zip(stacks, WEIGHTS) if s is not None]
-        total = sum(p for _, p in usable)
-        for stack, p in usable:
+        usable = [(s, w[2], i) for i, (s, w) in enumerate(zip(stacks, WEIGHTS)) if s is not None]
+        total = sum(p for _, p, _ in usable)
+        for stack, p, weight in usable:
             cells.append(stack)
             style_font.append(len(fonts))
+            style_weight.append(weight)
             style_p.append(p / total)
         fonts.append({"name": name, "file": path.name, "sha256": hashlib.sha256(path.read_bytes()).hexdigest()})
     if not fonts:
@@ -163,7 +207,8 @@ def build_atlas() -> GlyphAtlas:
     glyphs = np.stack(cells)
     widths = (glyphs > 0.1).any(axis=2).sum(axis=2) * 2.0 / CANVAS
     p = np.asarray(style_p) / len(fonts)
-    return GlyphAtlas(torch.from_numpy(glyphs), widths, np.asarray(style_font), p / p.sum(), tuple(fonts))
+    return GlyphAtlas(torch.from_numpy(glyphs), widths, np.asarray(style_font), p / p.sum(), tuple(fonts),
+                      np.asarray(style_weight))
 
 
 def svhn_like_counts(n: int, split: str) -> np.ndarray:
@@ -178,7 +223,7 @@ def svhn_like_counts(n: int, split: str) -> np.ndarray:
 
 def sample_colours(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """Background and digit RGB colours (n, 3) with a luminance contrast of at least MIN_CONTRAST."""
-    weights = np.array([0.299, 0.587, 0.114])
+    weights = LUMA
     bg, fg = np.empty((n, 3)), np.empty((n, 3))
     todo = np.arange(n)
     while todo.size:
@@ -195,16 +240,19 @@ def sample_colours(n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.nda
 
 
 def sample_layout(labels: np.ndarray, atlas: GlyphAtlas, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    """Per-image style, neighbour digits, which slots are drawn, and each slot's affine theta (n, 3, 2, 3)."""
+    """Per-image style, neighbour digits, which slots are drawn, each slot's affine theta (n, 3, 2, 3), and the
+    geometry drawn (height, angle_deg, shear, aspect, shift_px (n, 2): x right, y down)."""
     n = labels.size
     style = rng.choice(atlas.style_p.size, n, p=atlas.style_p)
     digits = np.stack([rng.integers(0, 10, n), labels, rng.integers(0, 10, n)], axis=1)
     present = np.stack([rng.random(n) < 0.75, np.ones(n, bool), rng.random(n) < 0.75], axis=1)
     height = rng.uniform(0.68, 0.95, n)  # digit height / image height (SVHN: square box around the digit)
-    angle = np.deg2rad(rng.uniform(-8, 8, n))
+    angle_deg = rng.uniform(-8, 8, n)
+    angle = np.deg2rad(angle_deg)
     shear = rng.uniform(-0.2, 0.2, n)
     aspect = rng.uniform(0.8, 1.25, n)
-    shift = rng.uniform(-2.5, 2.5, (n, 2)) * 2 / OUT
+    shift_px = rng.uniform(-2.5, 2.5, (n, 2))
+    shift = shift_px * 2 / OUT
     k = 2 * height / GLYPH_UNITS  # output units per cell unit
     cos, sin = np.cos(angle), np.sin(angle)
     rot = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)
@@ -221,7 +269,8 @@ def sample_layout(labels: np.ndarray, atlas: GlyphAtlas, rng: np.random.Generato
     theta[:, :, :, :2] = inv[:, None]
     theta[:, :, :, 2] = offset[:, None]
     theta[:, :, 0, 2] -= dx  # a neighbour is the centre's frame moved by its offset along the baseline
-    return {"style": style, "digits": digits, "present": present, "theta": theta}
+    return {"style": style, "digits": digits, "present": present, "theta": theta, "height": height,
+            "angle_deg": angle_deg, "shear": shear, "aspect": aspect, "shift_px": shift_px}
 
 
 def affine_grid(theta: torch.Tensor, size: int) -> torch.Tensor:
@@ -269,21 +318,31 @@ def per_image(values: np.ndarray) -> torch.Tensor:
     return t.view(t.shape[0], -1, 1, 1)
 
 
-def paint(mask: torch.Tensor, rng: np.random.Generator, gen: torch.Generator) -> torch.Tensor:
-    """Composite digit ink over a textured, shaded background: float RGB (n, 3, OUT, OUT)."""
+def paint(mask: torch.Tensor, rng: np.random.Generator, gen: torch.Generator, drawn: dict | None = None) -> torch.Tensor:
+    """Composite digit ink over a textured, shaded background: float RGB (n, 3, OUT, OUT).
+
+    `drawn`, when given, receives the per-image values drawn: bg, fg (n, 3) RGB, gradient, texture, stripes,
+    shadow, falloff (n,). The draws are the same, in the same order, with or without it."""
     n = mask.shape[0]
     bg, fg = sample_colours(n, rng)
     bg2 = np.clip(bg * rng.uniform(0.6, 1.4, (n, 3)), 0, 1)
     gradient = (rng.random(n) < 0.5) * rng.uniform(0.3, 1.0, n)
     back = per_image(bg) + per_image(bg2 - bg) * (ramp(rng.uniform(0, 2 * np.pi, n)) + 1) * per_image(gradient / 2)
     stripes = torch.sin(ramp(rng.uniform(0, np.pi, n)) * per_image(rng.uniform(6, 30, n)) + per_image(rng.uniform(0, 6.3, n)))
-    shade = 1 + per_image(rng.uniform(0, 0.25, n)) * smooth_noise(n, 1, 4, gen)
-    shade += per_image((rng.random(n) < 0.25) * rng.uniform(0.03, 0.12, n)) * stripes
+    texture = rng.uniform(0, 0.25, n)
+    shade = 1 + per_image(texture) * smooth_noise(n, 1, 4, gen)
+    stripe_amplitude = (rng.random(n) < 0.25) * rng.uniform(0.03, 0.12, n)
+    shade += per_image(stripe_amplitude) * stripes
     back = back * (shade + per_image(rng.uniform(0, 0.08, n)) * smooth_noise(n, 3, 9, gen))
     ink = per_image(fg) * (1 + per_image(rng.uniform(0, 0.1, n)) * smooth_noise(n, 1, 5, gen))
-    shadow = torch.roll(mask, shifts=(1, 1), dims=(2, 3)) * (1 - mask) * per_image((rng.random(n) < 0.2) * 0.5)
+    shadow_on = rng.random(n) < 0.2
+    shadow = torch.roll(mask, shifts=(1, 1), dims=(2, 3)) * (1 - mask) * per_image(shadow_on * 0.5)
     image = torch.lerp(back * (1 - shadow), ink, mask)
-    return image * (1 - per_image(rng.uniform(0, 0.35, n)) * (ramp(rng.uniform(0, 2 * np.pi, n)) + 1) / 2)
+    falloff = rng.uniform(0, 0.35, n)
+    if drawn is not None:
+        drawn.update(bg=bg, fg=fg, gradient=gradient, texture=texture, stripes=stripe_amplitude, shadow=shadow_on,
+                     falloff=falloff)
+    return image * (1 - per_image(falloff) * (ramp(rng.uniform(0, 2 * np.pi, n)) + 1) / 2)
 
 
 def blur(images: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
@@ -299,26 +358,60 @@ def blur(images: torch.Tensor, sigma: np.ndarray) -> torch.Tensor:
     return flat.view(n, c, h, w)
 
 
-def generate_chunk(labels: np.ndarray, seed: np.random.SeedSequence) -> np.ndarray:
-    """Render one chunk of images (n, 3, OUT, OUT) uint8 for the given centre-digit labels."""
+def style_factors(atlas: GlyphAtlas, layout: dict, drawn: dict, blur_sigma: np.ndarray, noise: np.ndarray) -> np.ndarray:
+    """The recorded style of a chunk, (n, len(FACTORS)) float32 in FACTOR_NAMES order, from what was drawn."""
+    bg_hsv, fg_hsv = matplotlib.colors.rgb_to_hsv(drawn["bg"]), matplotlib.colors.rgb_to_hsv(drawn["fg"])
+    bg_luma, fg_luma = drawn["bg"] @ LUMA, drawn["fg"] @ LUMA
+    style = layout["style"]
+    width_px = atlas.widths * CANVAS / 2  # (K, 10) glyph widths in cell pixels; every glyph is GLYPH_HEIGHT high
+    ink_density = atlas.glyphs.sum((2, 3)).numpy() / (GLYPH_HEIGHT * np.maximum(width_px, 1))
+    columns = {
+        "font": atlas.style_font[style], "stroke_weight": atlas.style_weight[style],
+        "font_width": (width_px / GLYPH_HEIGHT).mean(1)[style], "font_ink": ink_density.mean(1)[style],
+        "neighbours": layout["present"][:, 0].astype(int) + layout["present"][:, 2],
+        "digit_height": layout["height"], "rotation": layout["angle_deg"], "slant": -layout["shear"],
+        "aspect": layout["aspect"], "shift_x": layout["shift_px"][:, 0], "shift_y": layout["shift_px"][:, 1],
+        "digit_luminance": fg_luma, "background_luminance": bg_luma, "contrast": fg_luma - bg_luma,
+        "digit_hue": fg_hsv[:, 0], "digit_saturation": fg_hsv[:, 1],
+        "background_hue": bg_hsv[:, 0], "background_saturation": bg_hsv[:, 1],
+        "gradient": drawn["gradient"], "texture": drawn["texture"], "stripes": drawn["stripes"],
+        "shadow": drawn["shadow"], "falloff": drawn["falloff"], "blur": blur_sigma, "noise": noise,
+    }
+    return np.stack([np.asarray(columns[name], dtype=np.float32) for name in FACTOR_NAMES], axis=1)
+
+
+def generate_chunk(labels: np.ndarray, seed: np.random.SeedSequence,
+                   with_factors: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
+    """Render one chunk of images (n, 3, OUT, OUT) uint8 for the given centre-digit labels; with `with_factors`,
+    (images, factors (n, len(FACTORS)) float32): the same images, the same draws."""
     rng = np.random.default_rng(seed)
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     atlas = build_atlas()
     n = labels.size
-    image = paint(render_masks(atlas, sample_layout(labels, atlas, rng)), rng, gen)
-    image = blur(image, rng.uniform(0.3, 1.3, n))
-    image += torch.randn(n, 3, OUT, OUT, generator=gen) * per_image(rng.uniform(0.0, 0.05, n))
-    return image.clamp_(0, 1).mul_(255).round_().to(torch.uint8).numpy()
+    layout = sample_layout(labels, atlas, rng)
+    drawn: dict = {}
+    image = paint(render_masks(atlas, layout), rng, gen, drawn)
+    blur_sigma = rng.uniform(0.3, 1.3, n)
+    image = blur(image, blur_sigma)
+    noise = rng.uniform(0.0, 0.05, n)
+    image += torch.randn(n, 3, OUT, OUT, generator=gen) * per_image(noise)
+    images = image.clamp_(0, 1).mul_(255).round_().to(torch.uint8).numpy()
+    if not with_factors:
+        return images
+    return images, style_factors(atlas, layout, drawn, blur_sigma, noise)
 
 
-def _chunk_job(job: tuple[np.ndarray, np.random.SeedSequence]) -> np.ndarray:
+def _chunk_job(job: tuple[np.ndarray, np.random.SeedSequence, bool]) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Worker entry point: one chunk, single-threaded."""
     torch.set_num_threads(1)
     return generate_chunk(*job)
 
 
-def generate_street_digits(n: int, seed: int, split: str = "train", workers: int = 1) -> tuple[np.ndarray, np.ndarray]:
-    """n seeded stand-in digits: images (n, 3, 32, 32) uint8 and labels (n,) int64 in SVHN's class proportions."""
+def generate_street_digits(n: int, seed: int, split: str = "train", workers: int = 1,
+                           return_factors: bool = False) -> tuple[np.ndarray, ...]:
+    """n seeded stand-in digits: images (n, 3, 32, 32) uint8 and labels (n,) int64 in SVHN's class proportions;
+    with `return_factors`, also the style drawn for each, (n, len(FACTORS)) float32 (columns FACTOR_NAMES).
+    The images and labels are the same either way."""
     if split not in SPLIT_IDS:
         raise ValueError(f"split must be one of {sorted(SPLIT_IDS)}, got {split!r}")
     if n < 1:
@@ -328,8 +421,18 @@ def generate_street_digits(n: int, seed: int, split: str = "train", workers: int
     labels = np.repeat(np.arange(10), svhn_like_counts(n, split))
     np.random.default_rng(label_seed).shuffle(labels)
     starts = range(0, n, CHUNK)
-    jobs = list(zip((labels[s : s + CHUNK] for s in starts), chunk_root.spawn(len(starts))))
+    jobs = [(labels[s : s + CHUNK], chunk_seed, return_factors)
+            for s, chunk_seed in zip(starts, chunk_root.spawn(len(starts)))]
     images = np.empty((n, 3, OUT, OUT), dtype=np.uint8)
+    factors = np.empty((n, len(FACTORS)), dtype=np.float32)
+
+    def put(start: int, chunk) -> int:
+        chunk_images, chunk_factors = chunk if return_factors else (chunk, None)
+        images[start : start + len(chunk_images)] = chunk_images
+        if return_factors:
+            factors[start : start + len(chunk_images)] = chunk_factors
+        return start + len(chunk_images)
+
     build_atlas()  # render fonts once; forked workers inherit the atlas (as DataLoader workers inherit datasets)
     from mmvae.progress import Progress
 
@@ -337,18 +440,18 @@ def generate_street_digits(n: int, seed: int, split: str = "train", workers: int
     if workers > 1:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             for start, chunk in zip(starts, pool.imap(_chunk_job, jobs)):
-                images[start : start + len(chunk)] = chunk
-                progress.update(start + len(chunk))
+                progress.update(put(start, chunk))
     else:
         threads = torch.get_num_threads()
         torch.set_num_threads(1)  # these ops are small: threads cost more than they give
         try:
             for start, job in zip(starts, jobs):
-                images[start : start + CHUNK] = generate_chunk(*job)
-                progress.update(min(n, start + CHUNK))
+                progress.update(put(start, generate_chunk(*job)))
         finally:
             torch.set_num_threads(threads)
     progress.close()
+    if return_factors:
+        return images, labels.astype(np.int64), factors
     return images, labels.astype(np.int64)
 
 
@@ -361,6 +464,12 @@ def generator_info(seed: int, sizes: dict[str, int]) -> dict:
         "class_proportions": "SVHN per split (exact counts at SVHN's sizes)",
         "fonts": list(build_atlas().fonts),
     }
+
+
+def factor_record() -> dict:
+    """The recorded factors' description for a manifest: names, discrete flags and meanings, in column order."""
+    return {"names": list(FACTOR_NAMES), "discrete": list(FACTOR_DISCRETE),
+            "meaning": {name: meaning for name, _, meaning in FACTORS}}
 
 
 def save_sample_grid(path: str | Path, n: int = 100, seed: int = 0, nrow: int = 10, zoom: int = 2) -> Path:

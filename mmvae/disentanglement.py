@@ -250,17 +250,20 @@ def sap(codes, factors, discrete=None, num_bins: int = 20, test_fraction: float 
 
 # --- under a key scheme -----------------------------------------------------------------------------
 def factor_metrics(codes, factors: dict[str, np.ndarray], prefix: str, seed: int = 0, num_bins: int = 20,
-                   n_estimators: int = 50) -> dict[str, float]:
+                   n_estimators: int = 50, discrete: dict[str, bool] | None = None) -> dict[str, float]:
     """MIG, DCI and SAP of `codes` against the named factors, as flat keys:
 
       mig/<prefix>, sap/<prefix>,
       dci/disentanglement/<prefix> (only with two or more factors), dci/completeness/<prefix>,
       dci/informativeness/<prefix>, dci/informativeness/<prefix>/<factor>
     e.g. prefix "joint/class" or "private/bars/style". The sample counts go under `disentanglement_samples`.
+    `discrete` says which factors are discrete where known (e.g. a pixel count with few distinct values is still a
+    continuous measure); the others are judged by `is_discrete`.
     """
     names = list(factors)
     v = np.stack([np.asarray(factors[f]) for f in names], 1)
-    discrete = [is_discrete(v[:, k], num_bins) for k in range(v.shape[1])]
+    known = discrete or {}
+    discrete = [bool(known[f]) if f in known else is_discrete(v[:, k], num_bins) for k, f in enumerate(names)]
     out: dict[str, float] = {}
     out[f"mig/{prefix}"] = mig(codes, v, discrete, num_bins)["mig"]
     d = dci(codes, v, discrete, num_bins, seed=seed, n_estimators=n_estimators)

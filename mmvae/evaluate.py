@@ -130,7 +130,8 @@ def evaluate_run(run: LoadedRun, test: BatchSource, out_dir: Path, limit: int | 
 
     Every dataset: loss terms, label accuracy from Z_y, IWAE. Beyond those, whatever the dataset's
     registry entry provides (MNIST–SVHN with its cached digit classifiers: cross/joint coherence, swap
-    accuracy, style preservation, linear probes).
+    accuracy, style preservation, linear probes; and the latent cycle, MIG, DCI and SAP against the digit and the
+    style factors).
     """
     settings = EvalSettings(limit, iwae_samples, iwae_limit, seed, generative_limit, probe_train)
     device = next(run.model.parameters()).device

@@ -1,5 +1,6 @@
 """The MNIST–SVHN experiment through the command line on tiny data:
-prepare -> `mmvae classifiers` -> `mmvae train` (the shipped quick config) -> `mmvae evaluate` -> `mmvae swap`."""
+prepare -> `mmvae classifiers` -> `mmvae train` (the shipped quick config) -> `mmvae evaluate` (its disentanglement
+keys included) -> `mmvae swap`."""
 
 from __future__ import annotations
 
@@ -41,6 +42,13 @@ def test_prepare_classify_train_evaluate_swap(raw: Path, tmp_path: Path) -> None
     assert metrics["classifier_test_accuracy/mnist"] == record["modalities"]["mnist"]["test_accuracy"]
     assert metrics["provenance"]["svhn"]["source"] == "synthetic"
     assert "not real SVHN" in out and "| probe/joint/svhn |" in out
+    # disentanglement against the digit, the street digits' recorded style and MNIST's measured style; the cycle
+    for key in ("dci/informativeness/joint/digit", "dci/informativeness/private/svhn/style",
+                "dci/informativeness/joint/svhn_style", "dci/informativeness/private/mnist/style",
+                "dci/informativeness/private/svhn/digit", "mig/private/svhn/style", "cycle/style", "cycle/content"):
+        assert 0.0 <= metrics[key] <= 1.0, (key, metrics.get(key))
+    assert 10 <= metrics["disentanglement_samples"] <= 64
+    assert "| dci/informativeness/joint/svhn_style |" in out and "| disentanglement_gap/svhn/digit |" in out
 
     names = ["within_mnist", "within_svhn", "cross_mnist_to_svhn", "cross_svhn_to_mnist", "prior_mnist",
              "prior_svhn", "traverse_mnist", "traverse_svhn"]

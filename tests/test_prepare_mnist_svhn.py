@@ -13,11 +13,12 @@ import scipy.io
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from data_prep import mnist, svhn
+from data_prep import mnist, street_digits, svhn
 from data_prep.cli import add_prepare_parser, run_prepare
 from data_prep.errors import DataError
 from data_prep.pairing import pair_count
-from mmvae.data.mnist_svhn import MnistSvhnDataset, MnistSvhnPairs, collate_pairs
+from mmvae.data.mnist_style import STYLE_NAMES, measure_style
+from mmvae.data.mnist_svhn import MnistSvhnDataset, MnistSvhnPairs, collate_pairs, svhn_factors_note
 from mmvae.data.source import BatchSource
 
 SHARED_MNIST = Path(__file__).parents[1] / "../shared/data/mnist"
@@ -124,6 +125,14 @@ def test_real_svhn_files_are_used_and_recorded(raw: Path, svhn_dir: Path, tmp_pa
     assert np.load(out / "train_svhn_labels.npy")[:10].tolist() == [1, 2, 3, 4, 5, 6, 7, 8, 9, 0]
     # n_d = min(6 MNIST, 5 SVHN) per digit in train, min(3, 2 or 3) in test
     assert manifest["splits"]["train"]["pairs"] == 2 * 50 and manifest["splits"]["test"]["pairs"] == 2 * 25
+    # real SVHN has no known style: no factor files, and the manifest says so
+    assert manifest["svhn"]["factors"] == {"recorded": False, "reason": "real SVHN records no style factors"}
+    assert not list(out.glob("*_svhn_factors.npy")) and not [n for n in manifest["files"] if "factors" in n]
+    source = MnistSvhnPairs.load(out, "test")
+    assert source.svhn_factors is None and source.svhn_factor_names == ()
+    meta = source.with_factors().gather(torch.arange(4))["meta"]
+    assert set(meta) == {"mnist_factors"}  # the measured MNIST style is there whatever the SVHN source
+    assert svhn_factors_note(manifest) == "real SVHN records no style factors"
 
 
 def test_auto_takes_real_files_when_present(raw: Path, svhn_dir: Path, tmp_path: Path, monkeypatch) -> None:
@@ -228,6 +237,9 @@ def test_gpu_resident_gather(raw: Path, tmp_path: Path) -> None:
     batch = gpu.gather(index.cuda())
     assert batch["x"]["svhn"].is_cuda and batch["present"]["mnist"].is_cuda
     assert torch.equal(batch["x"]["svhn"].cpu(), cpu.gather(index)["x"]["svhn"])
+    meta, expected = gpu.with_factors().gather(index.cuda())["meta"], cpu.with_factors().gather(index)["meta"]
+    assert set(meta) == {"mnist_factors", "svhn_factors"} and all(t.is_cuda for t in meta.values())
+    assert all(torch.equal(meta[k].cpu(), expected[k]) for k in meta)
 
 
 @pytest.mark.skipif(not SHARED_MNIST.is_dir(), reason="real MNIST not in ../shared/data/mnist")
@@ -246,3 +258,75 @@ def test_real_mnist_integration(tmp_path: Path) -> None:
     assert len(train) == 2 * sum(kept) and sum(kept) <= 2000
     batch = train.gather(torch.randint(0, len(train), (64,)))
     assert batch["x"]["mnist"].float().mean() > 10  # real digits, not blank
+
+
+def test_synthetic_factor_files_hold_what_the_generator_drew(raw: Path, tmp_path: Path) -> None:
+    out = tmp_path / "prepared"
+    assert run_prepare(synthetic_args(raw, out)) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    record = manifest["svhn"]["factors"]
+    assert record["recorded"] and record["names"] == list(street_digits.FACTOR_NAMES)
+    assert record["discrete"] == list(street_digits.FACTOR_DISCRETE) and set(record["meaning"]) == set(record["names"])
+    for split, n in {"train": 80, "test": 40}.items():
+        name = record["files"][split]
+        assert name == f"{split}_svhn_factors.npy"
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == manifest["files"][name]["sha256"]
+        _, _, drawn = street_digits.generate_street_digits(n, seed=0, split=split, return_factors=True)
+        np.testing.assert_array_equal(np.load(out / name), drawn)  # regenerated: the very values drawn
+        source = MnistSvhnPairs.load(out, split)
+        np.testing.assert_array_equal(source.svhn_factors.numpy(), drawn)
+        assert source.svhn_factor_names == street_digits.FACTOR_NAMES
+        index = torch.tensor([3, 0, 3, len(source) - 1])
+        assert "meta" not in source.gather(index)  # the training path carries no factors
+        batch = source.with_factors().gather(index)
+        pair = source.pairs[index].numpy()
+        np.testing.assert_array_equal(batch["meta"]["svhn_factors"].numpy(), drawn[pair[:, 1]])
+        assert batch["meta"]["svhn_factors"].dtype == torch.float32
+        mnist_images = np.load(out / f"{split}_mnist_images.npy")[pair[:, 0]]
+        np.testing.assert_array_equal(batch["meta"]["mnist_factors"].numpy(), measure_style(mnist_images))
+        assert batch["meta"]["mnist_factors"].shape == (4, len(STYLE_NAMES))
+        torch.testing.assert_close(batch["x"], source.gather(index)["x"])  # the same batch otherwise
+    assert svhn_factors_note(manifest) is None
+
+
+def test_a_folder_prepared_before_factors_loads_and_takes_them_later(raw: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "prepared"
+    assert run_prepare(synthetic_args(raw, out)) == 0
+    new = json.loads((out / "manifest.json").read_text())
+    expected = {split: (out / f"{split}_svhn_factors.npy").read_bytes() for split in ("train", "test")}
+    old = json.loads(json.dumps(new))  # what the previous version wrote: no factor record, no factor files
+    del old["svhn"]["factors"]
+    for split in ("train", "test"):
+        del old["files"][f"{split}_svhn_factors.npy"]
+        (out / f"{split}_svhn_factors.npy").unlink()
+    (out / "manifest.json").write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+    source = MnistSvhnPairs.load(out, "test")
+    assert source.svhn_factors is None and "svhn_factors" not in source.with_factors().gather(torch.arange(3))["meta"]
+    assert "mmvae prepare svhn-factors" in svhn_factors_note(old)
+
+    assert run_prepare(parse_factors(out)) == 0
+    assert f"added {len(street_digits.FACTORS)} street-digit factors" in capsys.readouterr().out
+    assert json.loads((out / "manifest.json").read_text()) == new  # as if prepared with factors
+    assert {split: (out / f"{split}_svhn_factors.npy").read_bytes() for split in ("train", "test")} == expected
+    MnistSvhnPairs.load(out, "train")  # checksums and shapes pass
+
+    images = np.load(out / "test_svhn_images.npy")  # negative control: other images than the generator makes
+    images[0, 0, 0, 0] ^= 1
+    np.save(out / "test_svhn_images.npy", images)
+    assert run_prepare(parse_factors(out)) == 1
+    assert "test_svhn_images.npy: differs from what the generator makes" in capsys.readouterr().err
+
+
+def test_factors_are_refused_for_real_svhn(raw: Path, svhn_dir: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "prepared"
+    assert run_prepare(parse("--raw", str(raw), "--svhn", "real", "--svhn-dir", str(svhn_dir), "--dm", "1",
+                             "--out", str(out), "--no-download")) == 0
+    assert run_prepare(parse_factors(out)) == 1
+    assert "real SVHN records no style factors" in capsys.readouterr().err
+
+
+def parse_factors(folder: Path) -> argparse.Namespace:
+    """Arguments as `mmvae prepare svhn-factors FOLDER` would parse them."""
+    parser = argparse.ArgumentParser()
+    add_prepare_parser(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(["prepare", "svhn-factors", str(folder)])

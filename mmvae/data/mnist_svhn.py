@@ -4,6 +4,12 @@ Images are held once as uint8 tensors, (N, 1, 28, 28) and (M, 3, 32, 32), with t
 index; a batch is built by indexing, never by copying images per pair. The model converts uint8 to
 float on its device. Every file loaded is checked against the manifest's sha256 first, and the
 arrays' shapes, dtypes, index ranges and the pairs' shared labels are checked after.
+
+Style factors, for the disentanglement metrics: `source.with_factors()` is the same source whose batches also
+carry `meta["mnist_factors"]` (B, 5) float32, the handwriting style measured from each MNIST image
+(mmvae.data.mnist_style), and, where the folder records them (the synthetic street digits),
+`meta["svhn_factors"]` (B, K) float32, the style each street digit was drawn with (names:
+`svhn_factor_names`). A plain source's batches carry neither: training never pays for them.
 """
 
 from __future__ import annotations
@@ -25,6 +31,23 @@ FORMAT = "mmvae.mnist_svhn/1"
 MANIFEST = "manifest.json"
 MODALITIES = ("mnist", "svhn")
 IMAGE_SHAPES = {"mnist": (1, 28, 28), "svhn": (3, 32, 32)}
+
+
+def svhn_factor_record(manifest: dict) -> dict | None:
+    """manifest.svhn.factors when it records factors (names, discrete, meaning, files), else None."""
+    record = manifest.get("svhn", {}).get("factors") if isinstance(manifest.get("svhn"), dict) else None
+    return record if isinstance(record, dict) and record.get("recorded") else None
+
+
+def svhn_factors_note(manifest: dict) -> str | None:
+    """Why a prepared folder has no street-digit factors (None when it has them)."""
+    if svhn_factor_record(manifest) is not None:
+        return None
+    svhn = manifest.get("svhn") if isinstance(manifest.get("svhn"), dict) else {}
+    if svhn.get("source") == "real" or isinstance(svhn.get("factors"), dict):
+        return (svhn.get("factors") or {}).get("reason", "real SVHN records no style factors")
+    return ("this folder was prepared before the street-digit factors were recorded; add them with "
+            "`mmvae prepare svhn-factors <folder>`")
 
 
 def read_manifest(prepared_dir: Path) -> dict:
@@ -82,13 +105,35 @@ def check_arrays(arrays: dict[str, np.ndarray], names: dict[str, str], prepared_
         raise DataError(pairs_path, f"pair {mismatch[0]} joins different labels ({mismatch.size} such pairs)")
 
 
+def load_svhn_factors(prepared_dir: Path, split: str, manifest: dict, count: int, verify: bool = True) -> np.ndarray | None:
+    """The split's street-digit factors (count, K) float32 when the manifest records them, else None (checked:
+    sha256, shape, dtype, finite)."""
+    record = svhn_factor_record(manifest)
+    if record is None:
+        return None
+    name = record.get("files", {}).get(split)
+    if name is None:
+        raise DataError(prepared_dir / MANIFEST, f"records street-digit factors but no file for split {split!r}")
+    factors = load_checked(prepared_dir, name, manifest, verify)
+    k = len(record.get("names", []))
+    if factors.dtype != np.float32 or factors.shape != (count, k) or len(record.get("discrete", [])) != k:
+        raise DataError(prepared_dir / name, f"expected ({count}, {k}) float32 (one row per SVHN image, one column per "
+                                             f"factor named in the manifest), got {factors.shape} {factors.dtype}")
+    if not np.isfinite(factors).all():
+        raise DataError(prepared_dir / name, "holds non-finite values")
+    return factors
+
+
 class MnistSvhnPairs:
     """Batch source over prepared MNIST–SVHN pairs; `gather` indexes, `.to("cuda")` makes it GPU-resident."""
 
-    def __init__(self, mnist: Tensor, svhn: Tensor, pairs: Tensor, y: Tensor, provenance: dict, split: str):
+    def __init__(self, mnist: Tensor, svhn: Tensor, pairs: Tensor, y: Tensor, provenance: dict, split: str,
+                 svhn_factors: Tensor | None = None, factors_in_meta: bool = False):
         self.mnist, self.svhn, self.pairs, self.y = mnist, svhn, pairs, y
         self.split = split
         self._provenance = provenance
+        self.svhn_factors = svhn_factors  # (M, K) float32 per SVHN image, or None
+        self.factors_in_meta = factors_in_meta
 
     @classmethod
     def load(cls, prepared_dir: str | Path, split: str = "train", verify: bool = True) -> "MnistSvhnPairs":
@@ -102,7 +147,9 @@ class MnistSvhnPairs:
         check_arrays(arrays, names, prepared_dir)
         y = arrays["mnist_labels"][arrays["pairs"][:, 0]]
         tensors = {k: torch.from_numpy(v) for k, v in arrays.items()}
-        return cls(tensors["mnist_images"], tensors["svhn_images"], tensors["pairs"], torch.from_numpy(y), manifest, split)
+        factors = load_svhn_factors(prepared_dir, split, manifest, len(arrays["svhn_labels"]), verify)
+        return cls(tensors["mnist_images"], tensors["svhn_images"], tensors["pairs"], torch.from_numpy(y), manifest, split,
+                   None if factors is None else torch.from_numpy(factors))
 
     def __len__(self) -> int:
         """Number of pairs."""
@@ -118,17 +165,46 @@ class MnistSvhnPairs:
         """The manifest: SVHN source (real/synthetic) and why, dm, seed, raw checksums, file sha256s."""
         return copy.deepcopy(self._provenance)
 
+    @property
+    def svhn_factor_names(self) -> tuple[str, ...]:
+        """Columns of `svhn_factors` (empty when the folder records none)."""
+        record = svhn_factor_record(self._provenance)
+        return tuple(record["names"]) if record is not None and self.svhn_factors is not None else ()
+
+    @property
+    def svhn_factor_discrete(self) -> tuple[bool, ...]:
+        """Which columns of `svhn_factors` are discrete."""
+        record = svhn_factor_record(self._provenance)
+        return tuple(bool(d) for d in record["discrete"]) if record is not None and self.svhn_factors is not None else ()
+
+    def with_factors(self) -> "MnistSvhnPairs":
+        """This source (the same tensors, no copy) with batches that carry the style factors in `meta`."""
+        return MnistSvhnPairs(self.mnist, self.svhn, self.pairs, self.y, self._provenance, self.split,
+                              self.svhn_factors, factors_in_meta=True)
+
+    def _meta(self, mnist_images: Tensor, svhn_index: Tensor) -> dict[str, Tensor]:
+        """The factors of a batch: measured MNIST style, and the SVHN factors where recorded."""
+        from mmvae.data.mnist_style import measure_style
+
+        meta = {"mnist_factors": torch.from_numpy(measure_style(mnist_images.cpu().numpy())).to(mnist_images.device)}
+        if self.svhn_factors is not None:
+            meta["svhn_factors"] = self.svhn_factors.index_select(0, svhn_index)
+        return meta
+
     def gather(self, index: Tensor) -> Batch:
         """The batch for pair indices `index` (LongTensor (B,) on this source's device)."""
         if self.device.type == "cpu":
             return self._gather_cpu(index)
         pair = self.pairs.index_select(0, index)
         present = torch.ones(pair.shape[0], dtype=torch.bool, device=pair.device)
-        return {
+        batch = {
             "x": {"mnist": self.mnist.index_select(0, pair[:, 0]), "svhn": self.svhn.index_select(0, pair[:, 1])},
             "present": {"mnist": present, "svhn": present.clone()},
             "y": self.y.index_select(0, index),
         }
+        if self.factors_in_meta:
+            batch["meta"] = self._meta(batch["x"]["mnist"], pair[:, 1])
+        return batch
 
     def _gather_cpu(self, index: Tensor) -> Batch:
         """CPU gather with numpy's take: single-threaded row copies, several times faster than torch's
@@ -136,7 +212,7 @@ class MnistSvhnPairs:
         i = index.numpy()
         pair = self.pairs.numpy().take(i, axis=0)
         present = torch.ones(len(i), dtype=torch.bool)
-        return {
+        batch = {
             "x": {
                 "mnist": torch.from_numpy(self.mnist.numpy().take(pair[:, 0], axis=0)),
                 "svhn": torch.from_numpy(self.svhn.numpy().take(pair[:, 1], axis=0)),
@@ -144,6 +220,9 @@ class MnistSvhnPairs:
             "present": {"mnist": present, "svhn": present.clone()},
             "y": torch.from_numpy(self.y.numpy().take(i)),
         }
+        if self.factors_in_meta:
+            batch["meta"] = self._meta(batch["x"]["mnist"], torch.from_numpy(pair[:, 1]))
+        return batch
 
     def to(self, device: torch.device | str) -> "MnistSvhnPairs":
         """A source whose arrays live on `device` (self when already there)."""
@@ -151,7 +230,9 @@ class MnistSvhnPairs:
         if device == self.device:
             return self
         move = lambda t: t.to(device)  # noqa: E731
-        return MnistSvhnPairs(move(self.mnist), move(self.svhn), move(self.pairs), move(self.y), self._provenance, self.split)
+        factors = None if self.svhn_factors is None else move(self.svhn_factors)
+        return MnistSvhnPairs(move(self.mnist), move(self.svhn), move(self.pairs), move(self.y), self._provenance, self.split,
+                              factors, self.factors_in_meta)
 
 
 class MnistSvhnDataset(Dataset):

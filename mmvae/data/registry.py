@@ -61,8 +61,8 @@ def _build_mnist_svhn(config: "ExperimentConfig") -> tuple[BatchSource, BatchSou
 
 
 def _mnist_svhn_metrics(run, train: BatchSource | None, test: BatchSource, settings) -> dict[str, Any]:
-    """Coherence, swap and style metrics scored by the cached digit classifiers; the latent-cycle style score;
-    linear probes."""
+    """Coherence, swap and style metrics scored by the cached digit classifiers; the latent-cycle style score; MIG,
+    DCI and SAP against the digit and the style factors (mmvae.mnist_svhn_metrics); linear probes."""
     from mmvae.classifiers import load_digit_classifiers
     from mmvae.metrics import generative_metrics, linear_probes
 
@@ -74,6 +74,9 @@ def _mnist_svhn_metrics(run, train: BatchSource | None, test: BatchSource, setti
     from mmvae.disentanglement import latent_cycle_metrics  # the latent-cycle style score (cycle/...)
 
     metrics.update(latent_cycle_metrics(run.model, test, glimit, settings.seed))
+    from mmvae.mnist_svhn_metrics import mnist_svhn_disentanglement
+
+    metrics.update(mnist_svhn_disentanglement(run.model, test, min(glimit, 2000), settings.seed))
     if train is not None:
         metrics.update(linear_probes(run.model, train, test, settings.probe_train, glimit))
     return metrics
@@ -137,7 +140,18 @@ def _mnist_svhn_notes(prov: dict) -> list[str]:
     if svhn.get("source") == "synthetic":
         lines.append("These figures use the offline street-digit stand-in, not real SVHN: they are not comparable "
                      "with published MNIST–SVHN results.")
+    from mmvae.mnist_svhn_metrics import disentanglement_note
+
+    note = disentanglement_note(prov)
+    if note:
+        lines.append(note)
     return lines
+
+
+def _mnist_svhn_metric_help() -> list[tuple[str, str | None, str]]:
+    from mmvae.mnist_svhn_metrics import METRIC_HELP
+
+    return METRIC_HELP
 
 
 # The classifier rows are the accuracies below which coherence figures are not trustworthy.
@@ -214,7 +228,7 @@ DATASETS: dict[str, DatasetEntry] = {
     "mnist_svhn": DatasetEntry("mnist_svhn", _build_mnist_svhn, "see `mmvae prepare mnist-svhn`", title="MNIST-SVHN",
                                metrics=_mnist_svhn_metrics, targets=MNIST_SVHN_TARGETS, needs_path=True,
                                provenance_notes=_mnist_svhn_notes, preflight=_mnist_svhn_preflight,
-                               facts=_mnist_svhn_facts),
+                               facts=_mnist_svhn_facts, metric_help=_mnist_svhn_metric_help),
     "digits4": DatasetEntry("digits4", _build_digits4, "see `mmvae prepare digits4`", metrics=_digits4_metrics,
                             targets=_digits4_targets(), needs_path=True, provenance_notes=_digits4_notes),
     "vision_touch": DatasetEntry("vision_touch", _build_vision_touch, "SIMULATED robot episodes in Lee et al.'s format, "
