@@ -247,3 +247,37 @@ def test_zoo_compare_stops_with_the_command_that_makes_what_is_missing(tmp_path:
     proc = run(str(tmp_path / "missing.yaml"), DATA=str(tmp_path / "data"))  # a config path must exist
     assert proc.returncode == 2 and "unknown name" in proc.stderr
     assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+# --- disentangle_table.py ---------------------------------------------------------------------------
+disentangle_table = load_script("disentangle_table")
+
+
+def test_the_disentangle_table_reads_dci_cycles_and_the_label_regime(tmp_path: Path, capsys) -> None:
+    full = metrics(True, (0.9, 0.8, 0.5)) | {
+        "cycle/style/mnist": 0.81, "cycle/style/svhn": 0.97, "disentanglement_samples": 2000,
+        "dci/informativeness/joint/digit": 0.953, "dci/informativeness/private/mnist/digit": 0.12,
+        "dci/informativeness/private/svhn/digit": 0.2, "dci/informativeness/private/svhn/style": 0.41,
+        "dci/informativeness/joint/svhn_style": 0.1, "dci/informativeness/private/mnist/style": 0.3,
+        "dci/informativeness/joint/mnist_style": 0.25}
+    few = config("few", "factorized", True, num_classes=10)
+    few["data"]["label_fraction"] = 0.1
+    unsup = config("unsup", "factorized", True, num_classes=10)
+    unsup["loss"]["weights"]["label"] = 0
+    write_run(tmp_path / "a_all", config("all", "factorized", True, num_classes=10), full)
+    write_run(tmp_path / "b_few", few, full)
+    write_run(tmp_path / "c_unsup", unsup, metrics(True, (0.3, 0.2, 0.1)))  # older evaluation: no DCI keys
+    assert disentangle_table.main([str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    rows = table_rows(out)
+    assert list(rows) == ["a_all", "b_few", "c_unsup"]
+    a = dict(zip(disentangle_table.HEADER, rows["a_all"]))
+    assert a["probe Z_mnist / Z_svhn (chance 10)"] == "11.2 / 12.5"
+    assert a["cycle style mnist / svhn (chance 50)"] == "81.0 / 97.0"
+    assert a["DCI-i digit: Z_y / Z_mnist / Z_svhn"] == "0.95 / 0.12 / 0.20"
+    assert a["DCI-i SVHN style: Z_svhn / Z_y"] == "0.41 / 0.10" and a["labels"] == "all"
+    assert dict(zip(disentangle_table.HEADER, rows["b_few"]))["labels"] == "10 %"
+    c = dict(zip(disentangle_table.HEADER, rows["c_unsup"]))
+    assert c["labels"] == "none" and c["DCI-i digit: Z_y / Z_mnist / Z_svhn"] == "– / – / –"
+    assert "DCI on 2000 test pairs" in out
+    assert disentangle_table.main([str(tmp_path / "missing")]) == 2
