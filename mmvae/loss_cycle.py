@@ -7,10 +7,11 @@ donor. For each chosen modality m:
     cycle/<m>          = || mu_m(x̃_m) - z_m(b) ||^2      the re-encoded private part lands at the style donor
     cycle/<m>/content  = || mu_y(x̃_m) - z_y(a) ||^2      Z_y inferred from x̃_m alone keeps the content (optional)
 
-z_y(a), z_m(b) are the latents the decoders read in this step (`out.z_joint`, `out.z_private`: samples in
-training); mu_m, mu_y are posterior means of the re-encoding. Sums over latent dimensions, means over the batch;
-rows where m is absent from a or b add 0. This is the training counterpart of the `cycle/style/<m>` metric
-(mmvae.disentanglement.latent_cycle), which does the same swap with posterior means.
+z_y(a) and z_m(b) are this step's posterior means (Z_y as the step infers it, from the modalities the joint
+encoder was shown); mu_m, mu_y are posterior means of the re-encoding, so the term is 0 when the cycle is exact
+(a sampled target would add its variance, tr Σ, which no parameter can lower). Sums over latent dimensions,
+means over the batch; rows where m is absent from a or b add 0. This is the training counterpart of the
+`cycle/style/<m>` metric (mmvae.disentanglement.latent_cycle), which does the same swap.
 
 Detached donors (`loss.options.cycle.detach: true`, the default): z_y(a) and z_m(b) enter the decoder and the
 targets without gradient, so the term trains the decoder to render Z_m and the encoder to read it back from the
@@ -70,14 +71,15 @@ class StyleCycleTerms(LossTerms):
         opts = ctx.config.group_options(self.name)
         chosen = self.modalities(model, ctx.config)
         present = batch["present"]
-        n = out.z_joint.shape[0]
-        donor = torch.roll(torch.arange(n, device=out.z_joint.device), 1)  # b = the previous sample
+        post = out.posteriors
+        n = post.joint.mean.shape[0]
+        donor = torch.roll(torch.arange(n, device=post.joint.mean.device), 1)  # b = the previous sample
         keep = (lambda t: t.detach()) if opts.detach else (lambda t: t)  # noqa: E731
-        z_a = keep(out.z_joint)
+        z_a = keep(post.joint.mean)
         inputs = dict(out.inputs)
         valid, z_b = {}, {}
         for m in chosen:
-            z_b[m] = keep(out.z_private[m][donor])
+            z_b[m] = keep(post.private[m].mu[donor])
             params = model.decode(z_a, {m: z_b[m]}, [m], out.cond)[m]
             inputs[m] = model.mean(m, params)  # x̃_m: content of a, style of b
             valid[m] = present[m] & present[m][donor]
