@@ -15,13 +15,15 @@ means over the batch; rows where m is absent from a or b add 0. This is the trai
 
 Detached donors (`loss.options.cycle.detach: true`, the default): z_y(a) and z_m(b) enter the decoder and the
 targets without gradient, so the term trains the decoder to render Z_m and the encoder to read it back from the
-rendering, and never moves the first-pass codes themselves. With the gradient, the cheapest way to lower the
+rendering; the first-pass codes get no gradient from it (the encoder's weights still learn, from reading the
+rendering back). With the gradient, the cheapest way to lower the
 term is to pull the codes of the batch towards each other (shrink Z_m, a collapse the KL then has to fight) and
 towards the re-encoding of a generated input; `detach: false` allows that.
 
 Cost: one decode per chosen modality and one more encode of the batch (every modality's encoder, once for all
 chosen modalities: the swapped modalities are encoded together and Z_y of each is fused from its own features);
-the cycle needs a family with `fuse` (the factorized family and the zoo families with private factors).
+the cycle needs a family with `fuse` (the factorized family and the zoo families with private factors). On the
+quick MNIST–SVHN config that is 2.1-2.3 x the step time on a CPU (docs/disentanglement.md, "Remedies").
 
 Options (`loss.options.cycle`): content (true: also cycle/<m>/content), detach (true), modalities (default:
 every modality with a private factor; each must be one whose encoder reads its decoder's mean, e.g. images and

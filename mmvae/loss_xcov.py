@@ -14,8 +14,9 @@ keeps the scale).
 Input: posterior means by default (`loss.options.xcov.input: mean`). The sampling noise of Z_y and Z_m is
 independent of everything, so it adds nothing to the expected cross-covariance, but it raises the positive
 finite-batch bias of the squared norm (about tr Σ_y · tr Σ_m / N for uncorrelated codes, Σ the total covariance,
-which the noise enlarges) and its variance; the means are also what the probes read. `input: sample` uses the decoded latents. Under DDP the rows are all-gathered with their gradient
-(when `loss.mmd_gather`, as for MMD), so the statistic is that of the global batch.
+which the noise enlarges) and its variance; the means are also what the probes read. `input: sample` uses the
+decoded latents. Under DDP the rows are all-gathered with their gradient (when `loss.mmd_gather`, as for MMD), so
+the statistic is that of the global batch.
 
 Options (`loss.options.xcov`): input (mean | sample), modalities (default: every one with a private factor).
 Cost: one (Dy x N)(N x Dm) product per modality.

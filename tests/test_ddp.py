@@ -48,7 +48,8 @@ def _scenarios() -> dict[str, dict]:
         # cross-covariance (the global batch's statistic: parity); the cycle pairs each rank's rows among
         # themselves (the batch rolled on each rank), so it is checked for identical ranks only.
         "adversary_xcov": {"overrides": ("model.heads={adversary: {kind: private_adversary, hidden: [8], "
-                                         "options: {num_classes: 10}}}", "loss.terms=[reconstruction, heads, prior, xcov]",
+                                         "options: {num_classes: 10}}}",
+                                         "loss.terms=[reconstruction, heads, prior, xcov]",
                                          "loss.weights={xcov/*: 100.0}"),
                            "gather": True, "wave_absent_on_rank1": True},
         "cycle": {"overrides": ("loss.terms=[reconstruction, heads, prior, cycle]",), "gather": False,

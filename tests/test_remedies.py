@@ -126,7 +126,8 @@ def test_the_adversary_accuracy_counts_the_labelled_present_rows_and_is_not_a_lo
 
 def test_adversary_options_are_checked():
     with pytest.raises(ConfigError, match="must name modalities with a private factor"):
-        build_model(tiny_config(overrides=(ADVERSARY.replace("num_classes: 10", "num_classes: 10, modalities: [bar]"),)).model)
+        build_model(tiny_config(overrides=(ADVERSARY.replace("num_classes: 10",
+                                                             "num_classes: 10, modalities: [bar]"),)).model)
     with pytest.raises(ConfigError, match="unknown option 'lambda'"):
         build_model(tiny_config(overrides=(ADVERSARY.replace("num_classes: 10", "num_classes: 10, lambda: 2"),)).model)
     with pytest.raises(ConfigError, match="must name modalities with a private factor"):
@@ -333,7 +334,8 @@ def test_cycle_options_select_the_terms():
 
 def test_loss_group_options_are_typed_and_must_belong_to_the_loss():
     with pytest.raises(ConfigError, match="unknown option 'contnet'"):
-        tiny_config(overrides=("loss.terms=[reconstruction, heads, prior, cycle]", "loss.options={cycle: {contnet: 1}}"))
+        tiny_config(overrides=("loss.terms=[reconstruction, heads, prior, cycle]",
+                               "loss.options={cycle: {contnet: 1}}"))
     with pytest.raises(ConfigError, match="did you mean 'cycle'"):
         tiny_config(overrides=("loss.options={cylce: {}}",))
     cfg = tiny_config(overrides=("loss.options={xcov: {input: sample}}",))  # xcov is not in the loss
