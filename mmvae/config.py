@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 SCHEMA_VERSION = 2
 
@@ -196,6 +196,10 @@ class LossConfig(Strict):
     # Warming up the private factors lets them soak up content (the digit) before the joint factor has
     # learned it, so the shipped configs warm up only the joint factor.
     weights: dict[str, float | WeightSchedule] = Field(default_factory=dict)
+    # Settings of term groups, by group name (a key of LOSS_TERMS), typed by the group's `Options`:
+    # e.g. {cycle: {content: false}}. A group must also be in the loss (checked when the model is built).
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    _parsed_options: dict[str, tuple[dict, BaseModel]] = PrivateAttr(default_factory=dict)
 
     @field_validator("terms")
     @classmethod
@@ -206,6 +210,29 @@ class LossConfig(Strict):
         for t in terms or []:
             check_registered("loss term", t, LOSS_TERMS)
         return terms
+
+    @field_validator("options")
+    @classmethod
+    def _typed_group_options(cls, options: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        import mmvae.families  # noqa: F401
+        from mmvae.losses import LOSS_TERMS
+        from mmvae.modalities.base import parse_options
+
+        for group, values in options.items():
+            check_registered("loss term", group, LOSS_TERMS)
+            parse_options(f"loss.options.{group}", group, LOSS_TERMS[group].Options, values, label="term group")
+        return options
+
+    def group_options(self, group: str) -> Any:
+        """The typed options of term group `group` (its `Options` defaults where `loss.options` has none)."""
+        raw = self.options.get(group, {})
+        cached = self._parsed_options.get(group)
+        if cached is None or cached[0] != raw:  # parsed once per settings (the loss asks at every step)
+            from mmvae.losses import LOSS_TERMS
+
+            cached = (dict(raw), LOSS_TERMS[group].Options.model_validate(raw))
+            self._parsed_options[group] = cached
+        return cached[1]
 
     def schedule(self, key: str) -> WeightSchedule:
         """The weight schedule of one `weights` entry."""
@@ -234,6 +261,10 @@ class DataConfig(Strict):
     test_size: int = Field(default=1024, ge=1)  # toy only
     missing_prob: float = Field(default=0.0, ge=0, lt=1)  # toy only: chance each modality is absent
     missing: dict[str, float] = Field(default_factory=dict)  # digits4: {modality: chance it is absent from a training tuple}
+    # Few labels: the training batches keep the label of only this fraction of the training samples (chosen from
+    # (seed, sample index) by a counter-based hash: the same on every rank and after resume); the rest get y = -1.
+    # Evaluation (probes, classifiers, coherence) sees every label. See mmvae/data/labels.py.
+    label_fraction: float = Field(default=1.0, gt=0, le=1)
 
     @field_validator("name")
     @classmethod

@@ -1,10 +1,12 @@
 """Heads: modules that read the factors (and encodings, conditions, the batch) and bring their own named loss terms.
 
 The label head is the first; self-supervised heads (flow, contact, alignment, next pose) follow the same
-shape. A head kind is a class here or in its own file, plus one line in `HEADS`.
+shape, and so does the adversary on the private factors (heads_adversary.py). A head kind is a class here or
+in its own file, plus one line in `HEADS`.
 
-    HeadInput(z_joint, f_joint, f_private, encodings (with skips), cond, batch) --head--> output
+    HeadInput(z_joint, f_joint, f_private, encodings (with skips), cond, batch, z_private, private_mean) --head--> output
     head.terms(output, batch) -> {"<term name>": scalar}   (averaged over the batch; masked samples add 0)
+    head.metrics(output, batch) -> {"<name>": scalar}      (optional: logged beside the terms, never in the loss)
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ModelDims:
     feature_dims: dict[str, int]  # every modality's encoder width, conditions included
     # (channels, *spatial) of each skip feature map, per modality that has skips (its `skip_shapes`), finest first
     skip_shapes: dict[str, list[tuple[int, ...]]] = field(default_factory=dict)
+    private_dims: dict[str, int] = field(default_factory=dict)  # latent width D_m per modality with a private factor
 
 
 @dataclass
@@ -43,6 +46,8 @@ class HeadInput:
     encodings: dict[str, Encoding]  # every modality's encoding (conditions too), with skip features
     cond: dict[str, Tensor] = field(default_factory=dict)  # the head's conditions: {name: (B, F_c)}
     batch: Batch = field(default_factory=dict)  # the batch (targets, meta, presence)
+    z_private: dict[str, Tensor] = field(default_factory=dict)  # (B, Dm) the private latents the decoders read
+    private_mean: dict[str, Tensor] = field(default_factory=dict)  # (B, Dm) the private posterior means
 
 
 def masked_batch_mean(per_sample: Tensor, mask: Tensor) -> Tensor:
@@ -71,6 +76,11 @@ class Head(nn.Module):
 
     def terms(self, output: Any, batch: Batch) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def metrics(self, output: Any, batch: Batch) -> dict[str, Tensor]:
+        """Diagnostics logged beside the loss terms (e.g. an accuracy), never added to the loss; none by default.
+        Scalars whose names do not change from step to step (the log's names are fixed at the first step)."""
+        return {}
 
 
 def label_term(logits: Tensor, y: Tensor) -> Tensor:
@@ -114,8 +124,10 @@ class LabelHead(Head):
 
 HEADS: dict[str, type[Head]] = {LabelHead.kind: LabelHead}
 
-# The robot heads (flow, contact, alignment, next_pose) import Head from here and add themselves to HEADS.
+# The robot heads (flow, contact, alignment, next_pose) and the private adversary import Head from here and add
+# themselves to HEADS.
 import mmvae.heads_robot  # noqa: E402,F401
+import mmvae.heads_adversary  # noqa: E402,F401
 
 
 def build_head(name: str, config: HeadConfig, dims: ModelDims) -> Head:

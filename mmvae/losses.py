@@ -6,28 +6,39 @@ Term groups (`LOSS_TERMS`; a family names its defaults, `loss.terms` may replace
   prior            kl/joint, kl/private/<m>     KL to N(0, I): closed form, or Monte Carlo where the joint
                                                 posterior has none (mixtures)           (prior_match = kl)
                    mmd/joint, mmd/private/<m>   MMD to N(0, I) samples                   (prior_match = mmd)
+  xcov             xcov/<m>                     squared Frobenius norm of the batch cross-covariance of Z_y and
+                                                Z_m (Cheung et al. 2014; loss_xcov.py)
+  cycle            cycle/<m>, cycle/<m>/content  style-donor latent cycle: decode m from (Z_y of a, Z_m of b),
+                                                re-encode, match Z_m(b) and Z_y(a) (loss_cycle.py)
 All terms are averaged over the batch, absent samples contributing zero.
+
+A group with settings has a typed `Options` (pydantic) and reads them from `loss.options.<group>`, checked with
+the config (`LossConfig.group_options`). A group (or a head, `Head.metrics`) may log diagnostics beside the
+terms through `LossContext.metrics`: they are logged with the terms and never added to the loss.
 
 Weights come from `loss.weights`, matched by term name or glob pattern (the most specific wins), each
 a constant or a linear warm-up; a family's `term_scales` (size-corrected reconstruction) multiply in.
 Adding a term group is one class here (or in its own file) plus one line in `LOSS_TERMS`. The zoo families
 register theirs from their own files: `mvae_subsets` (mvae.py), `mmvae_bound` (mmvae_moe.py), `mopoe_kl`
-(mopoe.py), `dmvae` (dmvae.py), `mmvae_plus` (mmvae_plus.py).
+(mopoe.py), `dmvae` (dmvae.py), `mmvae_plus` (mmvae_plus.py); so do `xcov` (loss_xcov.py) and `cycle`
+(loss_cycle.py), imported at the end of this file.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
+from pydantic import BaseModel
 from torch import Tensor
 
 from mmvae.batch import element_mask
 from mmvae.config import ConfigError, LossConfig, did_you_mean
 from mmvae.heads import label_term, masked_batch_mean  # noqa: F401  (label_term: re-exported for callers)
 from mmvae.latent import mmd_to_standard_normal, standard_normal_log_prob
+from mmvae.modalities.base import NoOptions
 
 if TYPE_CHECKING:  # annotations only: family files define and register their own term groups from here
     from mmvae.families.base import ForwardOutput, MultimodalModel
@@ -40,6 +51,7 @@ class LossContext:
     config: LossConfig
     step: int
     gather: GatherFn | None = None  # all-gather with gradient under DDP (batch statistics such as MMD)
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # diagnostics the groups log (never in the loss)
 
 
 @dataclass
@@ -47,14 +59,19 @@ class LossResult:
     terms: dict[str, Tensor]  # unweighted scalar terms
     weights: dict[str, float]
     total: Tensor
+    metrics: dict[str, Tensor] = field(default_factory=dict)  # diagnostics logged beside the terms, not summed
 
     def as_log(self, prefix: str = "loss/") -> dict[str, Tensor]:
-        """Every term and the total, keyed for logging."""
-        return {**{prefix + k: v.detach() for k, v in self.terms.items()}, prefix + "total": self.total.detach()}
+        """Every term, the total and the diagnostics, keyed for logging."""
+        return {**{prefix + k: v.detach() for k, v in self.terms.items()}, prefix + "total": self.total.detach(),
+                **{prefix + k: v.detach() for k, v in self.metrics.items()}}
 
 
 class LossTerms:
-    """A group of named terms: `names` says which terms it makes (for config checks), `__call__` makes them."""
+    """A group of named terms: `names` says which terms it makes (for config checks), `__call__` makes them.
+    A group with settings names them in a pydantic `Options`, given under `loss.options.<its LOSS_TERMS key>`."""
+
+    Options: ClassVar[type[BaseModel]] = NoOptions
 
     def names(self, model: MultimodalModel, cfg: LossConfig) -> list[str]:
         raise NotImplementedError
@@ -87,6 +104,7 @@ class HeadTerms(LossTerms):
         terms: dict[str, Tensor] = {}
         for name, head in getattr(model, "heads", {}).items():
             terms.update(head.terms(out.heads[name], batch))
+            ctx.metrics.update(head.metrics(out.heads[name], batch))
         return terms
 
 
@@ -153,7 +171,13 @@ def configured_weight(cfg: LossConfig, term: str, step: int) -> float:
 
 
 def check_loss_config(model: MultimodalModel, cfg: LossConfig) -> None:
-    """Every `loss.weights` key must match a term this model's loss produces (a typo would do nothing)."""
+    """Every `loss.weights` key must match a term this model's loss produces, and every `loss.options` key must
+    name one of its term groups (a typo, or options of a group that is not in the loss, would do nothing)."""
+    groups = list(cfg.terms or model.default_loss_terms)
+    for key in cfg.options:
+        if key not in groups:
+            raise ConfigError(f"key 'loss.options.{key}': the term group {key!r} is not in this model's loss "
+                              f"(its groups: {groups}); add it to loss.terms")
     names = all_term_names(model, cfg)
     for key in cfg.weights:
         if not any(fnmatchcase(n, key) for n in names):
@@ -179,4 +203,9 @@ def compute_loss(
             terms[key] = value
             weights[key] = configured_weight(cfg, key, step) * scales.get(key, 1.0)
     total = sum(weights[k] * terms[k] for k in terms)
-    return LossResult(terms, weights, total)
+    return LossResult(terms, weights, total, ctx.metrics)
+
+
+# Term groups in their own files register themselves in LOSS_TERMS (they import LossTerms from here).
+import mmvae.loss_cycle  # noqa: E402,F401
+import mmvae.loss_xcov  # noqa: E402,F401

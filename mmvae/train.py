@@ -26,6 +26,7 @@ from torch import Tensor
 from mmvae import distributed
 from mmvae.checkpoint import restore_rng_state, rng_state_to_json
 from mmvae.config import ExperimentConfig, config_to_yaml
+from mmvae.data.labels import LabelFractionSource, with_label_fraction
 from mmvae.data.loader import build_loader
 from mmvae.data.registry import build_sources
 from mmvae.data.source import BatchSource
@@ -95,6 +96,9 @@ class Trainer:
         # fused: one multi-tensor kernel per step (CUDA), 7x faster than the default for-loop on CPU.
         self.optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=True)
         train_src, test_src = sources if sources is not None else build_sources(config)
+        # Few labels (data.label_fraction): only the training batches lose labels; evaluation reads test_src and
+        # `mmvae evaluate` builds its own sources, both with every label.
+        train_src = with_label_fraction(train_src, config.data.label_fraction, config.seed)
         if config.data.on_device:
             train_src, test_src = train_src.to(self.env.device), test_src.to(self.env.device)
         self.train_source: BatchSource = train_src
@@ -300,6 +304,7 @@ class Trainer:
             "steps_this_session": pos.step - start_step,
             "finished": pos.step >= self.total_steps,
             "fell_back_from": self.fell_back_from,  # newer checkpoints rejected at resume ([] if none)
+            **({"labels": self.train_source.summary} if isinstance(self.train_source, LabelFractionSource) else {}),
             **eval_metrics,
         }
         if self.env.is_main and self.run_dir is not None:

@@ -44,6 +44,16 @@ def _scenarios() -> dict[str, dict]:
         "mmd_per_rank": {"overrides": ("loss.prior_match=mmd", "loss.mmd_gather=false"), "gather": False,
                          "wave_absent_on_rank1": False},
         "absent_on_rank1": {"overrides": ("loss.prior_match=mmd",), "gather": True, "wave_absent_on_rank1": True},
+        # Issue 17's remedies: the adversary head (its parameters are reached on every rank) and the all-gathered
+        # cross-covariance (the global batch's statistic: parity); the cycle pairs each rank's rows among
+        # themselves (the batch rolled on each rank), so it is checked for identical ranks only.
+        "adversary_xcov": {"overrides": ("model.heads={adversary: {kind: private_adversary, hidden: [8], "
+                                         "options: {num_classes: 10}}}",
+                                         "loss.terms=[reconstruction, heads, prior, xcov]",
+                                         "loss.weights={xcov/*: 100.0}"),
+                           "gather": True, "wave_absent_on_rank1": True},
+        "cycle": {"overrides": ("loss.terms=[reconstruction, heads, prior, cycle]",), "gather": False,
+                  "wave_absent_on_rank1": False},
     }
 
 
@@ -153,7 +163,7 @@ def test_parameters_are_identical_across_ranks(two_rank_results, name):
         assert torch.equal(r0[name][k], r1[name][k]), f"{name}: {k} differs between ranks"
 
 
-@pytest.mark.parametrize("name", ["kl", "mmd_gather", "absent_on_rank1"])
+@pytest.mark.parametrize("name", ["kl", "mmd_gather", "absent_on_rank1", "adversary_xcov"])
 def test_two_rank_steps_equal_single_process_steps_on_the_concatenated_batch(two_rank_results, name):
     (r0, _), single = two_rank_results
     for k in r0[name]:
@@ -161,7 +171,7 @@ def test_two_rank_steps_equal_single_process_steps_on_the_concatenated_batch(two
     torch.manual_seed(0)  # the comparison is not vacuous: training moved the weights well beyond the tolerance
     from mmvae.model import FactorizedMultimodalVAE
 
-    initial = FactorizedMultimodalVAE(tiny_config("unused").model).state_dict()
+    initial = FactorizedMultimodalVAE(tiny_config("unused", _scenarios()[name]["overrides"]).model).state_dict()
     assert _max_rel_diff(r0[name], initial) > 1e-3
 
 

@@ -40,6 +40,13 @@ SEAMS = {
                                              "model.modalities.wave.private_dim=0"),
     "no_private_factor_in_one_modality": ("model.modalities.wave.private_dim=0",),
     "unlabelled": ("model.num_classes=0",),
+    # The remedies of issue 17 (built in; tests/test_remedies.py has their known answers).
+    "private_adversary_head": ("model.heads={adversary: {kind: private_adversary, hidden: [8], "
+                               "options: {num_classes: 10}}}", "loss.weights={adv/private/*: 2.0}"),
+    "xcov_and_cycle_terms": ("loss.terms=[reconstruction, heads, prior, xcov, cycle]",
+                             "loss.options={cycle: {content: false}}", "loss.weights={xcov/*: 10.0, cycle/*: 0.5}"),
+    "few_labels": ("data.label_fraction=0.1", "model.heads={adversary: {kind: private_adversary, hidden: [8], "
+                   "options: {num_classes: 10, objective: reverse}}}"),
 }
 
 

@@ -47,6 +47,7 @@ from data_prep.errors import DataError
 from data_prep.robot_episodes import (FORCE_WINDOW, IMAGE_SIZE, POSE_DIMS, SENSOR_FILES, STEPS, episode_paths,
                                       load_array, read_manifest)
 from mmvae.batch import Batch
+from mmvae.data.hashing import counter_hash, uniform
 
 MODALITIES = ("image", "depth", "force", "proprio", "action")
 CONDITIONS = ("action",)
@@ -57,26 +58,6 @@ NEGATIVE_MODES = ("episode", "time_shift")
 FILE_CACHE = 64  # open HDF5 files kept per process
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-
-
-def _splitmix64(x: np.ndarray) -> np.ndarray:
-    """SplitMix64's finaliser on uint64 arrays (wrapping arithmetic)."""
-    with np.errstate(over="ignore"):
-        z = x + np.uint64(0x9E3779B97F4A7C15)
-        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return z ^ (z >> np.uint64(31))
-
-
-def counter_hash(seed: int, index: np.ndarray, stream: int) -> np.ndarray:
-    """A uint64 per index, a pure function of (seed, index, stream)."""
-    key = _splitmix64(np.array([(seed * 0x100000001B3 + stream) & 0xFFFFFFFFFFFFFFFF], dtype=np.uint64))
-    return _splitmix64(np.asarray(index, dtype=np.int64).astype(np.uint64) ^ key)
-
-
-def uniform(seed: int, index: np.ndarray, stream: int) -> np.ndarray:
-    """Floats in [0, 1), a pure function of (seed, index, stream)."""
-    return (counter_hash(seed, index, stream) >> np.uint64(11)).astype(np.float64) * 2.0 ** -53
 
 
 def alignment_pairs(index: np.ndarray, samples: np.ndarray, negatives: np.ndarray, seed: int, fraction: float,

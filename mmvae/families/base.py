@@ -144,12 +144,14 @@ class MultimodalModel(nn.Module):
         """Optimiser parameter groups: [{"params": [...], "lr_scale": float}]; lr_scale 0 freezes a group.
 
         Default: every trainable parameter in one group at the configured learning rate. Families (or
-        modalities with pretrained parts) split off groups with their own `lr_scale`.
+        modalities with pretrained parts, or heads such as the private adversary) split off groups with their
+        own `lr_scale`.
         """
-        own = [g for m in self.modalities.values() for g in getattr(m, "param_groups", lambda: [])()]
+        parts = [*self.modalities.values(), *getattr(self, "heads", {}).values()]
+        own = [g for m in parts for g in getattr(m, "param_groups", lambda: [])()]
         taken = {id(p) for g in own for p in g["params"]}
         rest = [p for p in self.parameters() if p.requires_grad and id(p) not in taken]
-        return [{"params": rest, "lr_scale": 1.0}, *own]  # modalities' own groups (e.g. a fine-tuned encoder)
+        return [{"params": rest, "lr_scale": 1.0}, *own]  # modalities' and heads' own groups (e.g. a fine-tuned encoder)
 
     # --- checkpoints ------------------------------------------------------------------------------------
     @classmethod

@@ -99,7 +99,8 @@ class DMVAE(FactorizedMultimodalVAE):
             params[m] = chunks[0]
             from_uni.update({(m, n): chunks[1 + i] for i, n in enumerate(self.names)})
         f_joint = f_all[: z_joint.shape[0]]
-        heads = self.run_heads(z_joint, f_joint, f_private, encodings, cond, batch)
+        heads = self.run_heads(z_joint, f_joint, f_private, encodings, cond, batch, z_private,
+                               {m: q.mu for m, q in private.items()})
         post = Posteriors(joint=joint, private=private, encodings=encodings)
         return DMVAEOutput(inputs, post, z_joint, z_private, params, heads, f_joint, f_private, cond, masks,
                            unimodal=unimodal, z_unimodal=z_uni, from_unimodal=from_uni)

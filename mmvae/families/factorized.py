@@ -62,6 +62,7 @@ class FactorizedMultimodalVAE(MultimodalModel):
             private_feature_dims={m: mcs[m].private_feature_dim for m in self.private_names},
             feature_dims={m: mods[m].feature_dim for m in mcs},
             skip_shapes={m: list(mods[m].skip_shapes) for m in mcs if hasattr(mods[m], "skip_shapes")},
+            private_dims={m: mcs[m].private_dim for m in self.private_names},
         )
         heads: dict[str, Head] = {}
         if config.num_classes:
@@ -164,13 +165,18 @@ class FactorizedMultimodalVAE(MultimodalModel):
         cond = self.condition_features(post.encodings)
         f_private = {m: self.private_features[m](z) for m, z in z_private.items()}
         params = {m: self.decode_from_features(m, f_joint, f_private.get(m), cond) for m in self.names}
-        heads = self.run_heads(z_joint, f_joint, f_private, post.encodings, cond, batch)
+        heads = self.run_heads(z_joint, f_joint, f_private, post.encodings, cond, batch, z_private,
+                               {m: q.mu for m, q in post.private.items()})
         return ForwardOutput(inputs, post, z_joint, z_private, params, heads, f_joint, f_private, cond, masks)
 
     def run_heads(self, z_joint: Tensor, f_joint: Tensor, f_private: dict[str, Tensor],
-                  encodings: dict[str, Encoding], cond: dict[str, Tensor], batch: Batch) -> dict[str, Tensor]:
-        """Every head's output, by name; each head sees the condition features it lists in `conditioned_on`."""
-        head_in = HeadInput(z_joint, f_joint, f_private, encodings, {}, batch)
+                  encodings: dict[str, Encoding], cond: dict[str, Tensor], batch: Batch,
+                  z_private: dict[str, Tensor] | None = None,
+                  private_mean: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """Every head's output, by name; each head sees the condition features it lists in `conditioned_on`.
+        `z_private` (the private latents the decoders read) and `private_mean` (their posterior means) reach the
+        heads that read the private factors (e.g. the private adversary)."""
+        head_in = HeadInput(z_joint, f_joint, f_private, encodings, {}, batch, z_private or {}, private_mean or {})
         heads = {}
         for name, head in self.heads.items():
             head_in.cond = {c: cond[c] for c in head.config.conditioned_on}

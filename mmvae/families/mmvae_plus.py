@@ -147,7 +147,8 @@ class MMVAEPlus(FactorizedMultimodalVAE):
         z_joint = joint.rsample() if sample else joint.mean
         f_joint = self.joint_features(z_joint)
         f_private = {m: self.private_features[m](z) for m, z in z_private.items()}
-        heads = self.run_heads(z_joint, f_joint, f_private, encodings, cond, batch)
+        heads = self.run_heads(z_joint, f_joint, f_private, encodings, cond, batch, z_private,
+                               {m: q.mu for m, q in private.items()})
         post = Posteriors(joint=joint, private=private, encodings=encodings)
         return MMVAEPlusOutput(inputs, post, z_joint, z_private, params, heads, f_joint, f_private, cond, masks,
                                strata_z=zs, strata_w=strata_w, strata_params=strata_params)
