@@ -11,8 +11,10 @@
                 misaligned rows come mixed in one batch and go through one forward. reduction "balanced" (default)
                 is Lee et al.'s 0.5 x mean over the aligned rows + 0.5 x mean over the misaligned rows; "mean" is
                 the plain mean over all rows (the same in expectation with negative_fraction 0.5).
-    next_pose   MLP([F_y, action]) -> 4; ssl/next_pose = MSE (mean over the 4 values) against targets[target]
-                (`pose_delta`, default, or `pose_next`).
+    next_pose   MLP([F_y, action]) -> 4; ssl/next_pose = MSE (mean over the 4 values) of (prediction - target)
+                x scale against targets[target] (`pose_delta`, default, or `pose_next`; scale 1 by default).
+    Options beyond Lee et al. (off by default): flow `condition_every_level` (the projected [F_y, action] tiled at
+    every upsampled level too), alignment `reads` (modalities' encoder features beside F_y), next_pose `scale`.
 
 Which rows count. Misaligned rows carry another moment's force and proprio (the data source's docstring), so by
 default (`aligned_only: true`) flow, flow mask, contact and next pose are averaged over the aligned rows only
@@ -85,6 +87,9 @@ class FlowOptions(BaseModel):
     aligned_only: bool = True
     target: str = "flow"
     mask_target: str = "flow_mask"
+    # Also join the projected [F_y, action] vector, tiled, to every upsampled level (not only the deepest 2 x 2 map),
+    # so the action that decides the motion is at hand where the flow is predicted. false: Lee et al.'s decoder.
+    condition_every_level: bool = False
 
 
 class FlowHead(_RobotHead):
@@ -114,21 +119,25 @@ class FlowHead(_RobotHead):
         self.image_size = (skips[0][1] * 2, skips[0][2] * 2)
         joint_in = dims.joint_feature_dim + self.cond_dim(dims)
         self.project = nn.Sequential(nn.Linear(joint_in, o.channels[0]), nn.LeakyReLU(LEAK))  # tiled at the start
+        tiled = o.channels[0] if o.condition_every_level else 0  # width of the vector joined to each upper level
         ups, prev = [], o.channels[0] + skips[start][0]
         for i, level in enumerate(range(start - 1, stop - 1, -1)):
             ch = o.channels[i]
             ups.append(nn.Sequential(nn.ConvTranspose2d(prev, ch, 4, 2, 1), nn.LeakyReLU(LEAK)))
-            prev = ch + skips[level][0]
+            prev = ch + skips[level][0] + tiled
         self.ups = nn.ModuleList(ups)
         self.predict = nn.Conv2d(prev, 3 if o.mask else 2, 3, 1, 1)
 
     def forward(self, inp: HeadInput) -> dict[str, Tensor]:
         skips = inp.encodings[self.options.source].skips
         deepest = skips[self.start]
-        x = self.project(self.joint_input(inp))[:, :, None, None].expand(-1, -1, *deepest.shape[2:])
-        x = torch.cat([x, deepest], dim=1)
+        vector = self.project(self.joint_input(inp))[:, :, None, None]  # (B, C0, 1, 1)
+        x = torch.cat([vector.expand(-1, -1, *deepest.shape[2:]), deepest], dim=1)
         for up, level in zip(self.ups, range(self.start - 1, self.stop - 1, -1)):
-            x = torch.cat([up(x), skips[level]], dim=1)
+            parts = [up(x), skips[level]]
+            if self.options.condition_every_level:
+                parts.append(vector.expand(-1, -1, *skips[level].shape[2:]))
+            x = torch.cat(parts, dim=1)
         low = self.predict(x)  # (B, 2 [+1], predict_size, predict_size)
         full = F.interpolate(low, size=self.image_size, mode="bilinear", align_corners=False)
         out = {"flow": full[:, :2], "flow_low": low[:, :2]}
@@ -156,14 +165,25 @@ class ContactOptions(BaseModel):
 
 
 class _LogitHead(_RobotHead):
-    """One logit per row from MLP([F_y, conditions]) (contact, alignment)."""
+    """One logit per row from MLP([F_y, conditions, modality features]) (contact, alignment)."""
 
     def __init__(self, name: str, config: HeadConfig, dims: ModelDims):
         super().__init__(name, config, dims)
-        self.net = leaky_mlp(dims.joint_feature_dim + self.cond_dim(dims), list(config.hidden), 1)
+        reads = self.feature_reads()
+        unknown = [m for m in reads if m not in dims.feature_dims]
+        if unknown:
+            raise ConfigError(f"head '{name}' (kind {self.kind}): option reads names {unknown}, which are not "
+                              f"modalities; modalities: {sorted(dims.feature_dims)}")
+        width = dims.joint_feature_dim + self.cond_dim(dims) + sum(dims.feature_dims[m] for m in reads)
+        self.net = leaky_mlp(width, list(config.hidden), 1)
+
+    def feature_reads(self) -> list[str]:
+        """Modalities whose encoder features (Encoding.h) are read beside F_y and the conditions."""
+        return []
 
     def forward(self, inp: HeadInput) -> Tensor:
-        return self.net(self.joint_input(inp)).squeeze(-1)
+        parts = [self.joint_input(inp), *(inp.encodings[m].h for m in self.feature_reads())]
+        return self.net(torch.cat(parts, dim=-1) if len(parts) > 1 else parts[0]).squeeze(-1)
 
 
 class ContactHead(_LogitHead):
@@ -188,6 +208,10 @@ class AlignmentOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
     target: str = "aligned"
     reduction: Literal["balanced", "mean"] = "balanced"
+    # Modalities whose encoder features (Encoding.h) the head reads beside F_y. A product of experts averages
+    # conflicting experts into one posterior, which hides the conflict; the unimodal features still show it.
+    # [] (default): F_y only, as Lee et al.
+    reads: list[str] = Field(default_factory=list)
 
 
 class AlignmentHead(_LogitHead):
@@ -196,6 +220,9 @@ class AlignmentHead(_LogitHead):
 
     kind = "alignment"
     Options = AlignmentOptions
+
+    def feature_reads(self) -> list[str]:
+        return list(self.options.reads)
 
     def term_names(self) -> list[str]:
         return ["ssl/alignment"]
@@ -215,6 +242,10 @@ class NextPoseOptions(BaseModel):
     target: Literal["pose_delta", "pose_next"] = "pose_delta"
     aligned_only: bool = True
     dims: int = Field(default=4, ge=1)  # values of the pose (xyz, yaw)
+    # The MSE is taken on (prediction - target) x scale (one number, or one per value): pose deltas are millimetres
+    # and hundredths of a radian, so with scale 1 the term is ~1e-4 and hardly trains. The head's output stays
+    # in the target's units (the metrics compare it with the target as is).
+    scale: float | list[float] = 1.0
 
 
 class NextPoseHead(_RobotHead):
@@ -225,17 +256,23 @@ class NextPoseHead(_RobotHead):
 
     def __init__(self, name: str, config: HeadConfig, dims: ModelDims):
         super().__init__(name, config, dims)
-        self.net = leaky_mlp(dims.joint_feature_dim + self.cond_dim(dims), list(config.hidden), self.options.dims)
+        o = self.options
+        scale = [o.scale] * o.dims if isinstance(o.scale, (int, float)) else list(o.scale)
+        if len(scale) != o.dims or min(scale) <= 0:
+            raise ConfigError(f"head '{name}' (kind next_pose): option scale must be one positive number or {o.dims} "
+                              f"of them, got {o.scale}")
+        self.net = leaky_mlp(dims.joint_feature_dim + self.cond_dim(dims), list(config.hidden), o.dims)
+        self.register_buffer("scale", torch.tensor(scale), persistent=False)  # (dims,)
 
     def forward(self, inp: HeadInput) -> Tensor:
-        return self.net(self.joint_input(inp))
+        return self.net(self.joint_input(inp)) / self.scale  # the net works in scaled units
 
     def term_names(self) -> list[str]:
         return ["ssl/next_pose"]
 
     def terms(self, output: Tensor, batch: Batch) -> dict[str, Tensor]:
         target = batch["targets"][self.options.target].float()
-        mse = ((output.float() - target) ** 2).mean(1)
+        mse = (((output.float() - target) * self.scale) ** 2).mean(1)
         return {"ssl/next_pose": row_mean(mse, self.row_weight(batch))}
 
 

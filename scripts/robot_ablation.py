@@ -59,6 +59,9 @@ def ablation_tree(tree: dict, variant: str) -> dict:
         if source is not None and source not in mods:
             dropped_terms += ["ssl/flow", "ssl/flow_mask"]
             continue
+        reads = (hc.get("options") or {}).get("reads")
+        if reads is not None:  # an alignment head reads only the modalities the variant keeps
+            hc = {**hc, "options": {**hc["options"], "reads": [m for m in reads if m in mods]}}
         heads[name] = hc
     weights = {k: v for k, v in ((tree.get("loss") or {}).get("weights") or {}).items() if k not in dropped_terms}
     out = {**tree, "name": f"{tree.get('name', 'vision_touch')}_{variant}",

@@ -237,6 +237,53 @@ def test_next_pose_mse_of_a_known_prediction(target):
     assert float(h.terms(pred, batch)["ssl/next_pose"]) == pytest.approx(0.5)  # (1 + 0 + 0 + 1) / 4, row 0 only
 
 
+def test_next_pose_scale_weighs_each_value_and_keeps_the_output_in_target_units():
+    h = head("next_pose", scale=[100.0, 100.0, 100.0, 10.0])
+    batch = contract_batch(2, aligned=[1, 0])
+    target = batch["targets"]["pose_delta"]
+    pred = target + torch.tensor([[0.01, 0.0, 0.0, 0.1], [9.0, 9.0, 9.0, 9.0]])  # 1 cm and 0.1 rad off in row 0
+    assert float(h.terms(pred, batch)["ssl/next_pose"]) == pytest.approx((1.0 + 1.0) / 4, rel=1e-5)
+    inp = HeadInput(torch.zeros(2, 8), torch.randn(2, 16), {}, {}, {"action": torch.randn(2, 4)}, {})
+    raw = h.net(torch.cat([inp.f_joint, inp.cond["action"]], dim=-1))
+    assert torch.allclose(h(inp), raw / torch.tensor([100.0, 100.0, 100.0, 10.0]))  # the net works in scaled units
+    assert float(head("next_pose", scale=100.0).terms(pred, batch)["ssl/next_pose"]) == pytest.approx((1 + 100) / 4,
+                                                                                                       rel=1e-5)
+    with pytest.raises(ValueError, match="option scale must be one positive number or 4"):
+        head("next_pose", scale=[1.0, 2.0])
+
+
+def test_alignment_reads_modality_features_beside_the_joint_factor():
+    dims = ModelDims(8, 16, {}, {"action": 4, "force": 6, "proprio": 5}, {})
+    h = head("alignment", dims, reads=["force", "proprio"])
+    assert h.net[0].in_features == 16 + 6 + 5
+    enc = {"force": Encoding(torch.randn(3, 6)), "proprio": Encoding(torch.randn(3, 5))}
+    inp = HeadInput(torch.zeros(3, 8), torch.randn(3, 16), {}, enc, {}, {})
+    before = h(inp)
+    enc["proprio"] = Encoding(torch.randn(3, 5))  # another moment's proprio: the logit sees it
+    assert not torch.allclose(before, h(HeadInput(torch.zeros(3, 8), inp.f_joint, {}, enc, {}, {})))
+    assert head("alignment", dims).net[0].in_features == 16  # default: F_y only (Lee et al.)
+    with pytest.raises(ValueError, match=r"option reads names \['forces'\]"):
+        head("alignment", dims, reads=["forces"])
+
+
+def test_flow_head_can_join_the_action_vector_to_every_level():
+    plain, every = head("flow"), head("flow", condition_every_level=True)
+    assert sum(p.numel() for p in every.parameters()) > sum(p.numel() for p in plain.parameters())
+    b = 2
+    enc = {"image": Encoding(torch.zeros(b, 32), skips=tuple(torch.randn(b, *s) for s in every.skips))}
+    action = torch.randn(b, 4)
+    out = every(HeadInput(torch.zeros(b, 8), torch.randn(b, 16), {}, enc, {"action": action}, {}))
+    assert out["flow"].shape == (b, 2, H, H) and out["flow_low"].shape == (b, 2, 32, 32)
+    # the action reaches the 32 x 32 prediction through the tiled vector even with the deepest path cut off
+    with torch.no_grad():
+        every.ups[0][0].weight.zero_()
+        every.ups[0][0].bias.zero_()
+        f_joint = torch.randn(b, 16)
+        a = every(HeadInput(torch.zeros(b, 8), f_joint, {}, enc, {"action": action}, {}))["flow_low"]
+        c = every(HeadInput(torch.zeros(b, 8), f_joint, {}, enc, {"action": -action}, {}))["flow_low"]
+    assert not torch.allclose(a, c)
+
+
 def test_row_mean_weighs_rows():
     assert float(row_mean(torch.tensor([1.0, 3.0, 100.0]), torch.tensor([1.0, 1.0, 0.0]))) == 2.0
 
