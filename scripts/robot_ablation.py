@@ -24,11 +24,14 @@ import yaml
 
 VARIANTS = {"all": ("image", "depth", "force", "proprio"), "vision_only": ("image", "depth"),
             "force_only": ("force",), "no_proprio": ("image", "depth", "force")}
+# A key of eval/metrics.json, or a ratio "a / b" of two keys (the targets are ratios to the baselines).
 COLUMNS = [("flow/epe", "flow EPE (px)"), ("flow/epe_zero_baseline", "zero-flow EPE"),
+           ("flow/epe / flow/epe_zero_baseline", "EPE / zero-flow (target ≤ 0.5)"),
            ("contact/accuracy", "contact acc"), ("contact/balanced_accuracy", "contact bal. acc"),
            ("contact/f1", "contact F1"), ("contact/base_rate", "contact base rate"),
            ("alignment/accuracy", "alignment acc"), ("next_pose/mse", "next-pose MSE"),
-           ("next_pose/mse_no_motion", "no-motion MSE"), ("probe/contact/joint/balanced_accuracy", "probe contact (Z_y)"),
+           ("next_pose/mse_no_motion", "no-motion MSE"),
+           ("next_pose/mse / next_pose/mse_no_motion", "MSE / no-motion (target ≤ 0.3)"), ("probe/contact/joint/balanced_accuracy", "probe contact (Z_y)"),
            ("probe/pose/joint/r2", "probe pose R² (Z_y)"), ("robot_aligned_samples", "aligned test rows"),
            ("step", "steps")]
 
@@ -78,13 +81,21 @@ def evaluate(args: list[str]) -> int:
     return main(["evaluate", *args])
 
 
+def column_value(metrics: dict, key: str) -> float | int | None:
+    """metrics[key], or the ratio of two keys for "a / b" (None where either is missing or b is 0)."""
+    if " / " not in key:
+        return metrics.get(key)
+    a, b = (metrics.get(k) for k in key.split(" / "))
+    return None if a is None or not b else a / b
+
+
 def table(runs: list[str]) -> str:
     rows = ["| variant | " + " | ".join(c for _, c in COLUMNS) + " |", "|---|" + "---|" * len(COLUMNS)]
     for run in runs:
         metrics = json.loads((Path(run) / "eval" / "metrics.json").read_text())
         cells = []
         for key, _ in COLUMNS:
-            v = metrics.get(key)
+            v = column_value(metrics, key)
             cells.append("–" if v is None else (f"{v:.4g}" if isinstance(v, float) else str(v)))
         rows.append(f"| {Path(run).name} | " + " | ".join(cells) + " |")
     return "\n".join(rows)
