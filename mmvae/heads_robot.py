@@ -175,11 +175,15 @@ class _LogitHead(_RobotHead):
             raise ConfigError(f"head '{name}' (kind {self.kind}): option reads names {unknown}, which are not "
                               f"modalities; modalities: {sorted(dims.feature_dims)}")
         width = dims.joint_feature_dim + self.cond_dim(dims) + sum(dims.feature_dims[m] for m in reads)
-        self.net = leaky_mlp(width, list(config.hidden), 1)
+        self.net = leaky_mlp(width + self.extra_width(), list(config.hidden), 1)
 
     def feature_reads(self) -> list[str]:
         """Modalities whose encoder features (Encoding.h) are read beside F_y and the conditions."""
         return []
+
+    def extra_width(self) -> int:
+        """Width of any further inputs a subclass joins to the MLP's input."""
+        return 0
 
     def forward(self, inp: HeadInput) -> Tensor:
         parts = [self.joint_input(inp), *(inp.encodings[m].h for m in self.feature_reads())]
@@ -212,6 +216,10 @@ class AlignmentOptions(BaseModel):
     # conflicting experts into one posterior, which hides the conflict; the unimodal features still show it.
     # [] (default): F_y only, as Lee et al.
     reads: list[str] = Field(default_factory=list)
+    # > 0 (with two or more `reads`): each read modality's features are also projected linearly to this width, and
+    # for every pair (a, b) the squared difference (P_a h_a - P_b h_b)^2 joins the input: a learnt common space in
+    # which aligned modalities agree, so a mismatch is a distance rather than a function the MLP must discover.
+    compare_dim: int = Field(default=0, ge=0)
 
 
 class AlignmentHead(_LogitHead):
@@ -221,8 +229,33 @@ class AlignmentHead(_LogitHead):
     kind = "alignment"
     Options = AlignmentOptions
 
+    def __init__(self, name: str, config: HeadConfig, dims: ModelDims):
+        super().__init__(name, config, dims)  # checks `reads`
+        o = self.options
+        if o.compare_dim and not self.pairs:
+            raise ConfigError(f"head '{name}' (kind alignment): option compare_dim needs two or more modalities in "
+                              f"reads, got {o.reads}")
+        self.project = nn.ModuleDict({m: nn.Linear(dims.feature_dims[m], o.compare_dim) for m in o.reads}
+                                     if self.pairs else {})
+
+    @property
+    def pairs(self) -> list[tuple[str, str]]:
+        reads = list(self.options.reads)
+        return [(a, b) for i, a in enumerate(reads) for b in reads[i + 1:]] if self.options.compare_dim else []
+
     def feature_reads(self) -> list[str]:
         return list(self.options.reads)
+
+    def extra_width(self) -> int:
+        return self.options.compare_dim * len(self.pairs)
+
+    def forward(self, inp: HeadInput) -> Tensor:
+        if not self.pairs:
+            return super().forward(inp)
+        common = {m: p(inp.encodings[m].h) for m, p in self.project.items()}  # (B, k) each
+        parts = [self.joint_input(inp), *(inp.encodings[m].h for m in self.feature_reads()),
+                 *((common[a] - common[b]) ** 2 for a, b in self.pairs)]
+        return self.net(torch.cat(parts, dim=-1)).squeeze(-1)
 
     def term_names(self) -> list[str]:
         return ["ssl/alignment"]

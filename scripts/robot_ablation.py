@@ -64,7 +64,11 @@ def ablation_tree(tree: dict, variant: str) -> dict:
             continue
         reads = (hc.get("options") or {}).get("reads")
         if reads is not None:  # an alignment head reads only the modalities the variant keeps
-            hc = {**hc, "options": {**hc["options"], "reads": [m for m in reads if m in mods]}}
+            kept = [m for m in reads if m in mods]
+            options = {**hc["options"], "reads": kept}
+            if len(kept) < 2:  # nothing left to compare
+                options.pop("compare_dim", None)
+            hc = {**hc, "options": options}
         heads[name] = hc
     weights = {k: v for k, v in ((tree.get("loss") or {}).get("weights") or {}).items() if k not in dropped_terms}
     out = {**tree, "name": f"{tree.get('name', 'vision_touch')}_{variant}",

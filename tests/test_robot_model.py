@@ -266,6 +266,31 @@ def test_alignment_reads_modality_features_beside_the_joint_factor():
         head("alignment", dims, reads=["forces"])
 
 
+def test_alignment_compare_dim_joins_squared_differences_in_a_learnt_common_space():
+    dims = ModelDims(8, 16, {}, {"action": 4, "image": 10, "force": 6, "proprio": 5}, {})
+    h = head("alignment", dims, reads=["image", "force", "proprio"], compare_dim=3)
+    assert h.pairs == [("image", "force"), ("image", "proprio"), ("force", "proprio")]
+    assert h.net[0].in_features == 16 + 10 + 6 + 5 + 3 * 3
+    enc = {m: Encoding(torch.randn(4, w)) for m, w in (("image", 10), ("force", 6), ("proprio", 5))}
+    inp = HeadInput(torch.zeros(4, 8), torch.randn(4, 16), {}, enc, {}, {})
+    # known answer: the input the MLP sees ends with (P_a h_a - P_b h_b)^2 for each pair
+    seen = []
+    h.net[0].register_forward_hook(lambda mod, args, out: seen.append(args[0]))
+    h(inp)
+    p = {m: h.project[m](enc[m].h) for m in enc}
+    tail = torch.cat([(p[a] - p[b]) ** 2 for a, b in h.pairs], dim=-1)
+    assert torch.allclose(seen[0][:, -9:], tail)
+    with torch.no_grad():  # projections that agree on every modality: the differences are 0
+        for m in h.project:
+            h.project[m].weight.zero_()
+            h.project[m].bias.fill_(1.0)
+    seen.clear()
+    h(inp)
+    assert float(seen[0][:, -9:].abs().max()) == 0.0
+    with pytest.raises(ValueError, match="compare_dim needs two or more modalities"):
+        head("alignment", dims, reads=["image"], compare_dim=3)
+
+
 def test_flow_head_can_join_the_action_vector_to_every_level():
     plain, every = head("flow"), head("flow", condition_every_level=True)
     assert sum(p.numel() for p in every.parameters()) > sum(p.numel() for p in plain.parameters())
