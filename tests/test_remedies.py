@@ -420,8 +420,8 @@ def test_the_label_loss_reads_only_the_labelled_rows():
 
 
 # --- the measurement configs ------------------------------------------------------------------------------------
-DISENTANGLE = ["baseline", "adversary", "adversary_reverse", "cycle", "adversary_cycle", "unsupervised",
-               "labels_1pct", "labels_10pct"]
+DISENTANGLE = ["baseline", "adversary", "adversary_reverse", "adversary_capacity", "cycle", "adversary_cycle",
+               "unsupervised", "labels_1pct", "labels_10pct"]
 
 
 @pytest.mark.parametrize("name", DISENTANGLE)
@@ -438,7 +438,13 @@ def test_the_disentangle_configs_are_the_quick_config_plus_their_remedies(name):
     check_loss_config(model, cfg.loss)
     groups = cfg.loss.terms or list(model.default_loss_terms)
     adversary = any(h.kind == "private_adversary" for h in cfg.model.heads.values())
-    assert adversary == (name in ("adversary", "adversary_reverse", "adversary_cycle", "labels_1pct", "labels_10pct"))
+    assert adversary == (name in ("adversary", "adversary_reverse", "adversary_capacity", "adversary_cycle",
+                                  "labels_1pct", "labels_10pct"))
+    if name == "adversary_capacity":  # the one change against the adversary config: Z_mnist's KL weight
+        other = load_config(REPO / "configs" / "disentangle" / "adversary.yaml")
+        assert cfg.loss.weights["kl/private/mnist"] == 1.0 and other.loss.weights["kl/private/mnist"] == 4.0
+        assert {k: v for k, v in cfg.loss.weights.items() if k != "kl/private/mnist"} == \
+            {k: v for k, v in other.loss.weights.items() if k != "kl/private/mnist"}
     assert ("cycle" in groups) == (name in ("cycle", "adversary_cycle", "unsupervised"))
     assert ("xcov" in groups) == (name == "unsupervised")
     assert cfg.model.num_classes == (0 if name == "unsupervised" else 10)
