@@ -30,8 +30,8 @@ Config (a head under `model.heads`, any name; `hidden` is the classifiers' hidde
     model.heads.adversary: {kind: private_adversary, hidden: [64], options: {num_classes: 10, scale: 1.0}}
 
 Options: num_classes, scale (λ, 1), objective (confusion | reverse), modalities (default: every one with a
-private factor), input (mean | sample), lr_scale (1). Terms: `adv/private/<m>` (and `.../confusion`) for a head
-named `adversary`, else `adv/<head name>/<m>`; logged beside them, not in the loss: `.../accuracy`, the
+private factor), input (mean | sample), lr_scale (1), standardize (false; true: codes standardised by the batch's
+statistics, as a probe reads them). Terms: `adv/private/<m>` (and `.../confusion`) for a head named `adversary`, else `adv/<head name>/<m>`; logged beside them, not in the loss: `.../accuracy`, the
 classifier's accuracy on the labelled present rows of the batch (chance: 1 / classes), which says whether Z_m
 still holds the label for this classifier. Cost: one small MLP per modality (two forwards with `confusion`).
 """
@@ -76,6 +76,12 @@ def scale_gradient(x: Tensor, scale: float) -> Tensor:
     return GradientScale.apply(x, float(scale))
 
 
+def batch_standardized(z: Tensor, eps: float = 1e-8) -> Tensor:
+    """(B, D) -> each column minus its batch mean, over its batch standard deviation (population; eps-guarded)."""
+    mean = z.mean(0, keepdim=True)
+    return (z - mean) / (z.var(0, unbiased=False, keepdim=True) + eps).sqrt()
+
+
 class PrivateAdversaryHead(Head):
     """One label classifier per private factor; the encoder of Z_m is trained against it (see the module docstring)."""
 
@@ -89,6 +95,10 @@ class PrivateAdversaryHead(Head):
         modalities: list[str] | None = None  # default: every modality with a private factor
         input: Literal["mean", "sample"] = "mean"  # the posterior mean, or the latent the decoder reads
         lr_scale: float = Field(default=1.0, gt=0)  # the classifiers' learning rate over train.lr
+        # Standardise each code dimension by the batch's mean and standard deviation before classifying (the
+        # encoder's gradient flows through the statistics). A private factor squeezed by its KL varies by a
+        # fraction of its prior scale: raw, the classifier barely resolves what a standardised linear probe reads.
+        standardize: bool = False
 
     def __init__(self, name: str, config: HeadConfig, dims: ModelDims):
         super().__init__(name, config, dims)
@@ -121,15 +131,16 @@ class PrivateAdversaryHead(Head):
         if missing:
             raise ValueError(f"head '{self.name}' reads the private latents of {missing}, which this model's forward "
                              "does not pass to its heads (HeadInput.z_private / private_mean)")
+        prepare = batch_standardized if self.options.standardize else (lambda z: z)
         out = {}
         for m in self.modality_names:
             z, net = source[m], self.nets[m]
             if self.options.objective == "reverse":
-                out[m] = net(reverse_gradient(z, self.options.scale))
+                out[m] = net(prepare(reverse_gradient(z, self.options.scale)))
             else:  # the classifier learns on codes without gradient; the encoder sees a frozen copy of it
-                out[m] = net(z.detach())
+                out[m] = net(prepare(z.detach()))
                 frozen = {k: v.detach() for k, v in net.named_parameters()}
-                out[f"{m}/confusion"] = functional_call(net, frozen, (scale_gradient(z, self.options.scale),))
+                out[f"{m}/confusion"] = functional_call(net, frozen, (prepare(scale_gradient(z, self.options.scale)),))
         return out
 
     def term_names(self) -> list[str]:

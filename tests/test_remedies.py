@@ -58,6 +58,34 @@ def _head(objective: str, scale: float = 0.7) -> PrivateAdversaryHead:
     return PrivateAdversaryHead("adversary", cfg, ModelDims(2, 4, {"a": 4}, {"a": 6}, private_dims={"a": 5}))
 
 
+def test_a_standardising_adversary_sees_a_squeezed_code_as_a_probe_does():
+    """A private factor squeezed by its KL varies by a fraction of its prior scale; standardised by the batch's
+    statistics the classifier's input (and so its output) does not depend on that scale, and the encoder's gradient
+    still flows through the statistics."""
+    from mmvae.heads_adversary import batch_standardized
+
+    z = torch.randn(64, 5) * torch.tensor([1.0, 2.0, 0.5, 3.0, 0.6]) + 4.0
+    s = batch_standardized(z)
+    assert torch.allclose(s.mean(0), torch.zeros(5), atol=1e-5) and torch.allclose(s.std(0, unbiased=False),
+                                                                                    torch.ones(5), atol=1e-4)
+    cfg = HeadConfig(kind="private_adversary", hidden=[8],
+                     options={"num_classes": 3, "objective": "confusion", "standardize": True})
+    torch.manual_seed(0)
+    head = PrivateAdversaryHead("adversary", cfg, ModelDims(2, 4, {"a": 4}, {"a": 6}, private_dims={"a": 5}))
+    inp = lambda code: HeadInput(torch.zeros(64, 2), torch.zeros(64, 4), {}, {}, {}, {}, {"a": code}, {"a": code})  # noqa: E731
+    big = head(inp(z))
+    squeezed = z.clone().mul_(0.01).requires_grad_()
+    small = head(inp(squeezed))
+    assert torch.allclose(big["a"], small["a"], atol=1e-4) and torch.allclose(big["a/confusion"], small["a/confusion"],
+                                                                              atol=1e-4)
+    small["a/confusion"].logsumexp(-1).sum().backward()
+    assert float(squeezed.grad.abs().sum()) > 0
+    raw = PrivateAdversaryHead("adversary", HeadConfig(kind="private_adversary", hidden=[8],
+                                                        options={"num_classes": 3}),
+                               ModelDims(2, 4, {"a": 4}, {"a": 6}, private_dims={"a": 5}))
+    assert not torch.allclose(raw(inp(z))["a"], raw(inp(z * 0.01))["a"], atol=1e-3)  # the control: raw codes differ
+
+
 def _head_batch() -> tuple[torch.Tensor, dict]:
     torch.manual_seed(1)
     z = torch.randn(6, 5, requires_grad=True)
@@ -420,8 +448,8 @@ def test_the_label_loss_reads_only_the_labelled_rows():
 
 
 # --- the measurement configs ------------------------------------------------------------------------------------
-DISENTANGLE = ["baseline", "adversary", "adversary_reverse", "adversary_capacity", "cycle", "adversary_cycle",
-               "unsupervised", "labels_1pct", "labels_10pct"]
+DISENTANGLE = ["baseline", "adversary", "adversary_reverse", "adversary_standardized", "adversary_capacity", "cycle",
+               "adversary_cycle", "unsupervised", "labels_1pct", "labels_10pct"]
 
 
 @pytest.mark.parametrize("name", DISENTANGLE)
@@ -438,10 +466,13 @@ def test_the_disentangle_configs_are_the_quick_config_plus_their_remedies(name):
     check_loss_config(model, cfg.loss)
     groups = cfg.loss.terms or list(model.default_loss_terms)
     adversary = any(h.kind == "private_adversary" for h in cfg.model.heads.values())
-    assert adversary == (name in ("adversary", "adversary_reverse", "adversary_capacity", "adversary_cycle",
-                                  "labels_1pct", "labels_10pct"))
-    if name == "adversary_capacity":  # the one change against the adversary config: Z_mnist's KL weight
-        other = load_config(REPO / "configs" / "disentangle" / "adversary.yaml")
+    assert adversary == (name in ("adversary", "adversary_reverse", "adversary_standardized", "adversary_capacity",
+                                  "adversary_cycle", "labels_1pct", "labels_10pct"))
+    if name == "adversary_standardized":
+        assert cfg.model.heads["adversary"].options["standardize"] is True
+    if name == "adversary_capacity":  # the one change against the standardised adversary: Z_mnist's KL weight
+        other = load_config(REPO / "configs" / "disentangle" / "adversary_standardized.yaml")
+        assert cfg.model.heads == other.model.heads
         assert cfg.loss.weights["kl/private/mnist"] == 1.0 and other.loss.weights["kl/private/mnist"] == 4.0
         assert {k: v for k, v in cfg.loss.weights.items() if k != "kl/private/mnist"} == \
             {k: v for k, v in other.loss.weights.items() if k != "kl/private/mnist"}
