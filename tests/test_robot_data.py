@@ -243,6 +243,32 @@ def test_batch_follows_the_contract_and_the_construction(prepared):
     assert 0.35 < share < 0.65  # negative_fraction 0.5
 
 
+def test_episodes_reopened_past_the_file_cache_read_the_same_frames_without_hdf5(prepared, monkeypatch):
+    """More episodes than open files: a closed episode reopens from its kept offsets (os.open, no h5py) and reads
+    the same bytes."""
+    import h5py
+
+    import mmvae.data.robot as robot
+
+    src = robot.RobotEpisodes(prepared, "train", seed=3)
+    idx = torch.arange(0, len(src), 3)
+    first = src.gather(idx)
+    monkeypatch.setattr(robot, "FILE_CACHE", 1)  # every other episode closes the last one
+    src.files.open.clear()
+    opened = []
+    real = h5py.File
+    monkeypatch.setattr(h5py, "File", lambda *a, **k: (opened.append(a[0]), real(*a, **k))[1])
+    again = src.gather(idx)
+    assert opened == []  # every episode was located in the first gather
+    for key in ("image", "depth"):
+        assert torch.equal(first["x"][key], again["x"][key])
+    assert torch.equal(first["targets"]["flow"], again["targets"]["flow"])
+    assert len(src.files.open) == 1 and len(src.files.located) == len(set(src.samples[idx.numpy(), 0].tolist()))
+    src.files.located.clear()  # the control: without kept offsets every reopen goes through h5py
+    src.gather(idx)
+    assert len(opened) >= len(set(src.samples[idx.numpy(), 0].tolist()))
+
+
 def test_negatives_are_the_same_on_every_rank_and_after_resume(prepared):
     from mmvae.data.loader import ShuffledBatches
     from mmvae.data.robot import RobotEpisodes, alignment_pairs

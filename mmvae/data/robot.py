@@ -55,7 +55,7 @@ SHAPES = {"image": (3, IMAGE_SIZE, IMAGE_SIZE), "depth": (1, IMAGE_SIZE, IMAGE_S
           "proprio": (8,), "action": (4,)}
 TARGETS = ("contact_next", "pose_next", "pose_delta", "flow", "flow_mask", "aligned")
 NEGATIVE_MODES = ("episode", "time_shift")
-FILE_CACHE = 64  # open HDF5 files kept per process
+FILE_CACHE = 256  # open episode files kept per process (their frame offsets are kept for every episode)
 
 _M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
 
@@ -98,12 +98,16 @@ class _Episode:
     dataset) are read with one pread per step and key at byte offsets taken once from HDF5; anything else
     (compressed, other chunking) through h5py."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, offsets: dict[str, list[int]] | None = None):
+        self.path = path
+        self.h5 = None
+        if offsets is not None:  # located before: no HDF5 open needed (h5py costs ~1 ms a file, pread microseconds)
+            self.offsets = offsets
+            self.fd = os.open(path, os.O_RDONLY)
+            return
         import h5py
 
-        self.path = path
         self.offsets: dict[str, list[int]] = {}
-        self.h5 = None
         try:
             f = h5py.File(path, "r")
         except OSError as e:
@@ -142,12 +146,14 @@ class _Episode:
 
 
 class _Files:
-    """Episodes opened lazily, per process (a forked DataLoader worker opens its own), at most FILE_CACHE."""
+    """Episodes opened lazily, per process (a forked DataLoader worker opens its own), at most FILE_CACHE open at a
+    time; the frame offsets of an uncompressed episode are kept after it closes, so reopening it is one os.open."""
 
     def __init__(self, paths: list[Path]):
         self.paths = paths
         self.pid = None
         self.open: dict[int, _Episode] = {}
+        self.located: dict[int, dict[str, list[int]]] = {}  # episode -> offsets of every frame key
 
     def get(self, episode: int) -> _Episode:
         if self.pid != os.getpid():
@@ -156,12 +162,14 @@ class _Files:
         if f is None:
             if len(self.open) >= FILE_CACHE:
                 self.open.pop(next(iter(self.open))).close()
-            f = _Episode(self.paths[episode])
+            f = _Episode(self.paths[episode], self.located.get(episode))
+            if f.h5 is None:
+                self.located[episode] = f.offsets
         self.open[episode] = f  # most recently used last
         return f
 
     def __getstate__(self):
-        return {"paths": self.paths, "pid": None, "open": {}}
+        return {"paths": self.paths, "pid": None, "open": {}, "located": self.located}
 
 
 class RobotEpisodes:
