@@ -211,16 +211,11 @@ def add_svhn_factors(out_dir: str | Path, workers: int = 1, log: Log = print) ->
     byte the stored ones (else the factors would describe other images: other fonts or another generator),
     writes the factor files and rewrites the manifest with their record and checksums. No other file is touched.
     Returns the new manifest."""
+    from mmvae.data.mnist_svhn import read_manifest  # the reader's check of the manifest (format, JSON)
+
     out_dir = Path(out_dir)
     path = out_dir / MANIFEST
-    try:
-        manifest = json.loads(path.read_text())
-    except FileNotFoundError as e:
-        raise DataError(path, "not found: prepare the data first (`mmvae prepare mnist-svhn ...`)") from e
-    except (OSError, json.JSONDecodeError) as e:
-        raise DataError(path, f"is unreadable or not JSON ({e})") from e
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataError(path, f"is not an MNIST–SVHN manifest (format {FORMAT!r} expected)")
+    manifest = read_manifest(out_dir)
     record = manifest.get("svhn", {})
     if record.get("source") != "synthetic":
         raise DataError(path, f"records SVHN source {record.get('source')!r}: {REAL_SVHN_FACTORS['reason']}, "

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict
 from mmvae.batch import restrict_present
 from mmvae.config import ConfigError
 from mmvae.heads import masked_batch_mean
-from mmvae.losses import LOSS_TERMS, LossTerms, out_private_names
+from mmvae.losses import LOSS_TERMS, LossTerms, chosen_private_modalities
 
 
 class StyleCycleTerms(LossTerms):
@@ -53,16 +53,10 @@ class StyleCycleTerms(LossTerms):
         modalities: list[str] | None = None  # default: every modality with a private factor
 
     def modalities(self, model, cfg) -> list[str]:
-        private = out_private_names(model)
-        chosen = cfg.group_options(self.name).modalities
-        chosen = private if chosen is None else chosen
-        unknown = [m for m in chosen if m not in private]
-        if unknown or not chosen:
-            raise ConfigError(f"key 'loss.options.cycle.modalities': {chosen} must name modalities with a private "
-                              f"factor (this model's: {private})")
+        chosen = chosen_private_modalities(model, cfg, self.name)
         if not hasattr(model, "fuse"):
             raise ConfigError(f"loss term group 'cycle' needs a family with `fuse` (model family {model.family!r})")
-        return list(chosen)
+        return chosen
 
     def names(self, model, cfg):
         content = cfg.group_options(self.name).content

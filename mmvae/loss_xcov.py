@@ -29,8 +29,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 from torch import Tensor
 
-from mmvae.config import ConfigError
-from mmvae.losses import LOSS_TERMS, LossTerms, out_private_names
+from mmvae.losses import LOSS_TERMS, LossTerms, chosen_private_modalities
 
 
 def cross_covariance_penalty(a: Tensor, b: Tensor, weights: Tensor | None = None) -> Tensor:
@@ -56,14 +55,7 @@ class CrossCovarianceTerms(LossTerms):
         modalities: list[str] | None = None  # default: every modality with a private factor
 
     def modalities(self, model, cfg) -> list[str]:
-        private = out_private_names(model)
-        chosen = cfg.group_options(self.name).modalities
-        chosen = private if chosen is None else chosen
-        unknown = [m for m in chosen if m not in private]
-        if unknown or not chosen:
-            raise ConfigError(f"key 'loss.options.xcov.modalities': {chosen} must name modalities with a private "
-                              f"factor (this model's: {private})")
-        return list(chosen)
+        return chosen_private_modalities(model, cfg, self.name)
 
     def names(self, model, cfg):
         return [f"xcov/{m}" for m in self.modalities(model, cfg)]

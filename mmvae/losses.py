@@ -139,6 +139,18 @@ def out_private_names(model: MultimodalModel) -> list[str]:
     return list(getattr(model, "private_names", model.names))
 
 
+def chosen_private_modalities(model: MultimodalModel, cfg: LossConfig, group: str) -> list[str]:
+    """`loss.options.<group>.modalities` (default: every modality with a private factor), checked."""
+    private = out_private_names(model)
+    chosen = cfg.group_options(group).modalities
+    chosen = private if chosen is None else chosen
+    unknown = [m for m in chosen if m not in private]
+    if unknown or not chosen:
+        raise ConfigError(f"key 'loss.options.{group}.modalities': {chosen} must name modalities with a private "
+                          f"factor (this model's: {private})")
+    return list(chosen)
+
+
 LOSS_TERMS: dict[str, LossTerms] = {
     "reconstruction": ReconstructionTerms(),
     "heads": HeadTerms(),
