@@ -215,6 +215,14 @@ def metric_help(key: str, dataset: str | None = None) -> tuple[str | None, str]:
     return None, ""
 
 
+def format_value(v) -> str:
+    """A figure for metrics.md: 4 decimals, or 4 significant digits where that would show 0.0000 (squared errors in
+    metres, for one)."""
+    if not isinstance(v, float):
+        return f"{v}"
+    return f"{v:.4g}" if v != 0 and abs(v) < 5e-4 else f"{v:.4f}"
+
+
 def metrics_markdown(metrics: dict, run: LoadedRun) -> str:
     """A markdown table of every numeric metric with the number of samples it used and what it means."""
     lines = [f"# Evaluation of `{run.run_dir}` at step {run.step}", "",
@@ -225,7 +233,7 @@ def metrics_markdown(metrics: dict, run: LoadedRun) -> str:
         if isinstance(v, (int, float)):
             count_key, text = metric_help(k, dataset)
             count = metrics.get(count_key, "") if count_key else ""
-            value = f"{v:.4f}" if isinstance(v, float) else f"{v}"
+            value = format_value(v)
             lines.append(f"| {k} | {value} | {count} | {text} |")
     entry = DATASETS.get(dataset) if dataset is not None else None
     # Without a config (a bare report of figures), every dataset's targets whose metrics are present apply.
@@ -234,7 +242,7 @@ def metrics_markdown(metrics: dict, run: LoadedRun) -> str:
         lines += ["", "| against the reference figures | value | full target | quick floor |", "|---|---|---|---|"]
         for key, op, full, quick in targets:
             if key in metrics:
-                lines.append(f"| {key} | {metrics[key]:.4f} | {_verdict(metrics[key], op, full)} | "
+                lines.append(f"| {key} | {format_value(metrics[key])} | {_verdict(metrics[key], op, full)} | "
                              f"{_verdict(metrics[key], op, quick)} |")
     prov = metrics.get("provenance") or {}
     if entry is not None and entry.provenance_notes is not None:

@@ -109,3 +109,12 @@ def test_markdown_marks_each_reference_figure_met_or_missed():
     assert "| swap/accuracy | 0.9500 | met (>= 0.9) | met (>= 0.8) |" in md
     assert "against the reference figures" not in metrics_markdown({"label_accuracy/all": 0.5},
                                                                    SimpleNamespace(run_dir="r", step=1))
+
+
+def test_metrics_md_shows_small_figures_with_significant_digits():
+    """Squared errors in metres are ~1e-5: with 4 decimals every one read 0.0000 and the baseline 0.0001."""
+    from mmvae.evaluate import format_value
+
+    assert format_value(2.171e-05) == "2.171e-05" and format_value(9.105e-05) == "9.105e-05"
+    assert format_value(0.93421) == "0.9342" and format_value(0.0) == "0.0000" and format_value(980) == "980"
+    assert format_value(-2100.44) == "-2100.4400"
