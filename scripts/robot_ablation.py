@@ -116,6 +116,11 @@ def main(argv: list[str]) -> int:
         return 0
     if argv[0] == "evaluate":
         return evaluate(argv[1:])
+    missing = [r for r in argv[1:] if not (Path(r) / "eval" / "metrics.json").is_file()]
+    if missing:
+        print(f"robot_ablation: error: {missing[0]}: no eval/metrics.json (evaluate it first: mmvae evaluate "
+              f"{missing[0]})", file=sys.stderr)
+        return 2
     print(table(argv[1:]))
     return 0
 
