@@ -66,17 +66,17 @@ def svhn_style(source) -> tuple[tuple[str, ...], dict[str, bool]]:
 
 
 @torch.no_grad()
-def collect(model, source, limit: int, seed: int) -> dict[str, np.ndarray]:
-    """Posterior means (joint from every modality, each private factor), the digit and the batch's factors, over a
-    seeded class-balanced subset of at most `limit` samples."""
+def collect(model, source, limit: int, seed: int, label_key: str = "digit") -> dict[str, np.ndarray]:
+    """Posterior means (joint from every modality, each private factor), the label (under `label_key`) and the
+    batch's factors, over a seeded class-balanced subset of at most `limit` samples (also the toy data's)."""
     device = next(model.parameters()).device
     parts: dict[str, list] = {}
     for batch in limited_batches(source, 512, limit, seed=seed):
         batch = batch_to(batch, device)
         z_joint, z_priv = encode_means(model, batch)
-        for key, value in [("joint", z_joint), ("digit", labels(batch)), *z_priv.items(),
+        for key, value in [("joint", z_joint), (label_key, labels(batch)), *z_priv.items(),
                            *batch.get("meta", {}).items()]:
-            parts.setdefault(key, []).append(value.float().cpu() if key != "digit" else value.cpu())
+            parts.setdefault(key, []).append(value.float().cpu() if key != label_key else value.cpu())
     return {k: torch.cat(v).numpy() for k, v in parts.items()}
 
 

@@ -119,15 +119,9 @@ def toy_disentanglement(model, source, limit: int, seed: int = 0) -> dict[str, f
     keys `<metric>/private/<m>/style`; `disentanglement_samples` is the number of samples."""
     from mmvae.disentanglement import factor_metrics
 
-    device = next(model.parameters()).device
-    parts: dict[str, list] = {}
-    for batch in limited_batches(source, 512, limit, seed=seed):
-        batch = batch_to(batch, device)
-        z_joint, z_priv = encode_means(model, batch)
-        for key, value in [("joint", z_joint), ("class", labels(batch)), *z_priv.items(),
-                           *batch.get("meta", {}).items()]:
-            parts.setdefault(key, []).append(value.cpu())
-    data = {k: torch.cat(v).numpy() for k, v in parts.items()}
+    from mmvae.mnist_svhn_metrics import collect
+
+    data = collect(model, source, limit, seed, label_key="class")
     if "joint" not in data or len(data["class"]) < 10:
         return {}
     out = factor_metrics(data["joint"], {"class": data["class"]}, "joint/class", seed=seed)
