@@ -290,6 +290,9 @@ class TrainConfig(Strict):
     precision: Literal["fp32", "bf16"] = "fp32"
     compile: bool = False
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] | None = None  # reduce-overhead: CUDA graphs
+    # The whole step (gather, forward, loss, backward, clip, AdamW) captured as one CUDA graph and replayed
+    # (mmvae/train_graph.py): one process, a CUDA device, data.on_device, grad_accum_steps 1.
+    cuda_graph: bool = False
     eval_every: int = Field(default=500, ge=1)
     eval_batches: int = Field(default=8, ge=1)
     checkpoint_every: int = Field(default=500, ge=1)

@@ -57,7 +57,7 @@ class LossContext:
 @dataclass
 class LossResult:
     terms: dict[str, Tensor]  # unweighted scalar terms
-    weights: dict[str, float]
+    weights: dict[str, float | Tensor]
     total: Tensor
     metrics: dict[str, Tensor] = field(default_factory=dict)  # diagnostics logged beside the terms, not summed
 
@@ -204,16 +204,19 @@ def compute_loss(
     cfg: LossConfig,
     step: int,
     gather: GatherFn | None = None,
+    weight_of: Callable[[str], float | Tensor] | None = None,
 ) -> LossResult:
-    """All named terms, their weights, and the weighted total."""
+    """All named terms, their weights, and the weighted total. `weight_of(term)` replaces the weights computed from
+    `step` (the CUDA-graph step passes 0-dim device tensors read from a table at a device step; train_graph.py)."""
     ctx = LossContext(cfg, step, gather)
     scales = model.term_scales()
     terms: dict[str, Tensor] = {}
-    weights: dict[str, float] = {}
+    weights: dict[str, float | Tensor] = {}
     for group in term_groups(model, cfg):
         for key, value in group(model, out, batch, ctx).items():
             terms[key] = value
-            weights[key] = configured_weight(cfg, key, step) * scales.get(key, 1.0)
+            weights[key] = (weight_of(key) if weight_of is not None
+                            else configured_weight(cfg, key, step) * scales.get(key, 1.0))
     total = sum(weights[k] * terms[k] for k in terms)
     return LossResult(terms, weights, total, ctx.metrics)
 

@@ -1,7 +1,8 @@
 """The training loop: read it top to bottom.
 
     setup (devices, DDP) -> seed -> model, optimiser, data -> [resume] -> loop:
-        lr(step) -> step (train_step.TrainStep) -> log / eval (evaluate.py) / checkpoint (train_state.py)
+        lr(step) -> step (train_step.TrainStep; train_graph.GraphedTrainStep under train.cuda_graph)
+                 -> log / eval (evaluate.py) / checkpoint (train_state.py)
 
 Resume is exact: the checkpoint holds weights, optimiser moments, step, epoch, position in the
 epoch and every RNG state of every rank; the loader's order depends on (seed, epoch) only, and the
@@ -48,6 +49,7 @@ from mmvae.train_state import (  # noqa: F401  (re-exported: their old home)
     save_training_state,
     seed_everything,
 )
+from mmvae.train_graph import GraphedTrainStep, check_graph_config, graph_optimizer_lr
 from mmvae.train_step import NonFiniteLossError, TrainStep
 
 _check_resumable = check_resumable  # the old private name
@@ -69,12 +71,13 @@ class Trainer:
 
     def __init__(self, config: ExperimentConfig, run_dir: Path | None, resume: bool = False,
                  compile_mode: str | None = None, sources: tuple[BatchSource, BatchSource] | None = None,
-                 lock: RunLock | None = None, on_corrupt: str = "fallback"):
+                 lock: RunLock | None = None, on_corrupt: str = "fallback", graph_capture: bool = True):
         """`run_dir` None trains in memory: nothing is written (no checkpoints, logs or config).
         `compile_mode` goes to torch.compile when train.compile is set (None: its default mode);
         `sources` = (train, test) replaces the sources named by config.data (benchmarks, tests).
         `lock` is the run folder's writer lock (made here when None); `on_corrupt` ("fallback" or "error")
-        decides what a corrupt newest checkpoint does at resume."""
+        decides what a corrupt newest checkpoint does at resume. `graph_capture` False runs a `train.cuda_graph`
+        step uncaptured (on any device: the reference a captured step is compared with; tests)."""
         if run_dir is None and resume:
             raise ValueError("resume needs a run folder")
         self.config, self.run_dir = config, (Path(run_dir) if run_dir is not None else None)
@@ -82,6 +85,7 @@ class Trainer:
         compile_mode = compile_mode or tc.compile_mode
         self.env = distributed.setup(tc.device, tc.dist_timeout_s)
         on_cuda = self.env.device.type == "cuda"
+        check_graph_config(config, self.env.world_size, self.env.device, graph_capture)
         seed_everything(config.seed)  # identical initial weights on every rank (DDP also broadcasts rank 0's)
         self.model = build_model(config.model).to(self.env.device)
         check_loss_config(self.model, config.loss)
@@ -93,8 +97,12 @@ class Trainer:
                     p.requires_grad_(False)
         groups = [g for g, scale in zip(groups, self.lr_scales) if scale != 0.0]
         self.lr_scales = [scale for scale in self.lr_scales if scale != 0.0]
-        # fused: one multi-tensor kernel per step (CUDA), 7x faster than the default for-loop on CPU.
-        self.optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=True)
+        # fused: one multi-tensor kernel per step (CUDA), 7x faster than the default for-loop on CPU. A captured
+        # step needs the LR in a device tensor and the update capturable.
+        graphed = tc.cuda_graph
+        self.optimizer = torch.optim.AdamW(groups, lr=graph_optimizer_lr(tc.lr, self.env.device) if graphed else tc.lr,
+                                           betas=tc.betas, weight_decay=tc.weight_decay, fused=True,
+                                           capturable=graphed and graph_capture)
         train_src, test_src = sources if sources is not None else build_sources(config)
         # Few labels (data.label_fraction): only the training batches lose labels; evaluation reads test_src and
         # `mmvae evaluate` builds its own sources, both with every label.
@@ -105,7 +113,7 @@ class Trainer:
         self.test_source: BatchSource = test_src
         self.loader = build_loader(train_src, config.data.loader, tc.batch_size, config.seed, self.env.rank,
                                    self.env.world_size, num_workers=config.data.num_workers,
-                                   pin_memory=on_cuda and train_src.device.type == "cpu")
+                                   pin_memory=on_cuda and train_src.device.type == "cpu", as_indices=graphed)
         self.steps_per_epoch = self.loader.batches_per_epoch // tc.grad_accum_steps
         if self.steps_per_epoch == 0:
             raise ValueError(
@@ -117,7 +125,10 @@ class Trainer:
         self.position = Position()
         self.schedule_steps = self.total_steps  # the LR schedule's length, fixed at the run's start
         self._window: tuple[Tensor | None, int] = (None, 0)  # restored by a resume
-        self.step = TrainStep(self.model, self.optimizer, self.lr_scales, config, self.env, compile_mode)
+        self.step: TrainStep | GraphedTrainStep = (
+            GraphedTrainStep(self.model, self.optimizer, self.lr_scales, config, self.env, train_src, graph_capture,
+                             compile_mode) if graphed
+            else TrainStep(self.model, self.optimizer, self.lr_scales, config, self.env, compile_mode))
         writes = self.run_dir is not None
         self.on_corrupt, self.fell_back_from = on_corrupt, []
         self.lock = (lock or RunLock(self.run_dir)) if writes else None
@@ -319,7 +330,7 @@ class Trainer:
         means = distributed.all_reduce_mean(running / n)
         if self.env.is_main:
             values = dict(zip(self.log_names, means.tolist()))
-            values["lr"] = self.optimizer.param_groups[0]["lr"]
+            values["lr"] = float(self.optimizer.param_groups[0]["lr"])  # a tensor under train.cuda_graph
             values["epoch"] = self.position.epoch
             self.tracker.log(self.position.step, values)
             progress.update(self.position.step, loss=values["loss/total"], grad_norm=values["grad_norm"])

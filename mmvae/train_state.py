@@ -46,16 +46,25 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor],
                 tensors[f"{pid}.{key}"] = value
             else:
                 scalars[f"{pid}.{key}"] = value
-    return tensors, {"param_groups": sd["param_groups"], "scalars": scalars}
+    # A tensor LR (the CUDA-graph step's, train_graph.py) is saved as its number: a checkpoint does not depend on
+    # how the LR was held.
+    groups = [{k: (float(v) if isinstance(v, Tensor) else v) for k, v in g.items()} for g in sd["param_groups"]]
+    return tensors, {"param_groups": groups, "scalars": scalars}
 
 
 def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict) -> None:
-    """Inverse of optimizer_to_tensors."""
+    """Inverse of optimizer_to_tensors. A tensor LR stays the same tensor object (a captured CUDA graph reads it),
+    now holding the saved value."""
+    tensor_lrs = [g["lr"] if isinstance(g["lr"], Tensor) else None for g in opt.param_groups]
     state: dict[int, dict] = {}
     for flat, value in list(tensors.items()) + list(meta["scalars"].items()):
         pid, key = flat.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for group, tensor in zip(opt.param_groups, tensor_lrs):
+        if tensor is not None:
+            tensor.fill_(float(group["lr"]))
+            group["lr"] = tensor
 
 
 def config_differences(old: dict, new: dict, prefix: str = "") -> list[str]:

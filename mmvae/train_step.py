@@ -115,16 +115,21 @@ class TrainStep:
 
     def check_finite(self) -> None:
         """Synchronise the non-finite flags across ranks; every rank raises the same error."""
-        if self._first_bad is None or self.log_names is None:
-            return
-        names = self.log_names
-        # (world, terms) of first-bad-step + 1, zero where fine; each rank fills its own row, then a sum shares them.
-        table = torch.zeros((self.env.world_size, len(names)), dtype=torch.long, device=self.env.device)
-        table[self.env.rank] = self._first_bad + 1
-        if self.env.is_distributed:
-            dist.all_reduce(table)
-        table = (table - 1).cpu()
-        bad = (table >= 0).nonzero().tolist()
-        if bad:
-            details = ", ".join(f"'{names[t]}' at step {int(table[r, t])} on rank {r}" for r, t in bad)
-            raise NonFiniteLossError(f"non-finite values: {details}; stopping (last good checkpoint kept)")
+        raise_if_non_finite(self._first_bad, self.log_names, self.env)
+
+
+def raise_if_non_finite(first_bad: Tensor | None, names: list[str] | None, env: distributed.DistEnv) -> None:
+    """Raise NonFiniteLossError (the same on every rank) if any rank's `first_bad` (values,) — the first step + 1
+    at which each logged value was non-finite, -1 where never — flags a value. Synchronises the host."""
+    if first_bad is None or names is None:
+        return
+    # (world, terms) of first-bad-step + 1, zero where fine; each rank fills its own row, then a sum shares them.
+    table = torch.zeros((env.world_size, len(names)), dtype=torch.long, device=env.device)
+    table[env.rank] = first_bad + 1
+    if env.is_distributed:
+        dist.all_reduce(table)
+    table = (table - 1).cpu()
+    bad = (table >= 0).nonzero().tolist()
+    if bad:
+        details = ", ".join(f"'{names[t]}' at step {int(table[r, t])} on rank {r}" for r, t in bad)
+        raise NonFiniteLossError(f"non-finite values: {details}; stopping (last good checkpoint kept)")

@@ -4,9 +4,13 @@
     python scripts/bench_train.py                          # CPU: batch 128 and 1024
     python scripts/bench_train.py --device cuda            # GPU: batch 128 and 8192, plus one full epoch at 128
     python scripts/bench_train.py --device cuda --variants eager,compile,compile:reduce-overhead
+    python scripts/bench_train.py --device cuda --variants compile:reduce-overhead,graph,compile+graph \
+        --profile                               # + the whole step as one CUDA graph, and each run's GPU busy share
 
 Ours is `mmvae.train.Trainer._train_step` (the code `mmvae train` runs) on a batch source held once
-on the training device (`data.on_device`), with the precision and compilation asked for. The
+on the training device (`data.on_device`), with the precision and compilation asked for. Variants:
+eager; compile[:MODE] (torch.compile of forward + loss); graph (train.cuda_graph: the whole step, gather to
+AdamW, as one CUDA graph; on a CPU it runs uncaptured); compile+graph (both: compiled kernels, captured). The
 baseline is what one writes first: a torch Dataset that turns each pair into float tensors with
 per-sample transforms (torchvision ToTensor), a shuffling DataLoader, an fp32 loop
 (forward, loss, backward, AdamW step; no `.item()` per step, which would only slow it further).
@@ -85,13 +89,26 @@ def load_source(args, n_pairs: int, device: torch.device):
 
 # --- the two contestants -------------------------------------------------------------------------------------
 
-def experiment_config(args, batch: int, device: str, compile_: bool, precision: str):
-    """configs/mnist_svhn.yaml with the benchmark's batch, device, precision and compilation."""
+def parse_variant(variant: str) -> tuple[bool, str | None, bool]:
+    """(compile, torch.compile mode, whole-step CUDA graph) of a variant name (see the module's docstring)."""
+    if variant in ("graph", "compile+graph"):
+        return variant == "compile+graph", None, True
+    if variant == "eager":
+        return False, None, False
+    if variant == "compile" or variant.startswith("compile:"):
+        return True, (variant.split(":", 1)[1] if ":" in variant else None), False
+    raise SystemExit(f"bench_train.py: unknown variant {variant!r}; expected eager, compile, compile:MODE, graph "
+                     "or compile+graph")
+
+
+def experiment_config(args, batch: int, device: str, compile_: bool, precision: str, graph: bool = False):
+    """configs/mnist_svhn.yaml with the benchmark's batch, device, precision, compilation and CUDA graph."""
     from mmvae.config import config_from_dict, load_config
 
     tree = load_config(args.config).model_dump(mode="json")
     tree["data"].update(on_device=True)
     tree["train"].update(batch_size=batch, device=device, compile=compile_, precision=precision, epochs=10_000,
+                         cuda_graph=graph,
                          max_steps=None, log_every=10**9, eval_every=10**9, checkpoint_every=10**9)
     tree["logging"].update(wandb_mode="disabled", progress_bar=False)
     return config_from_dict(tree, "bench")
@@ -140,16 +157,16 @@ def run_ours(args, batch: int, variant: str) -> dict:
     from mmvae.train import Trainer
 
     device = torch.device(args.device)
-    compile_ = variant.startswith("compile")
-    mode = variant.split(":", 1)[1] if ":" in variant else None
+    compile_, mode, graph = parse_variant(variant)
     precision = args.precision or ("bf16" if device.type == "cuda" else "fp32")
-    cfg = experiment_config(args, batch, args.device, compile_, precision)
+    cfg = experiment_config(args, batch, args.device, compile_, precision, graph)
     k = per_block(args, batch)
     n_pairs = args.epoch_pairs if args.epoch else max(batch * (args.warmup + args.blocks * k + 2), 8192)
     source, described = load_source(args, n_pairs, device)
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        trainer = Trainer(cfg, Path(tmp) / "run", compile_mode=mode, sources=(source, source))
+        trainer = Trainer(cfg, Path(tmp) / "run", compile_mode=mode, sources=(source, source),
+                          graph_capture=device.type == "cuda")
         # Steady state: past the beta warm-up (the loss's only step dependence), as most of a run is.
         trainer.position.step = cfg.loss.beta_warmup_end
         batches = trainer.loader.epoch(0)
@@ -191,10 +208,13 @@ def run_ours(args, batch: int, variant: str) -> dict:
 
             step_s = time_blocks(step, args.blocks, k, device)
             gathers = trainer.loader.epoch(2)
-            data_s = time_blocks(lambda: next(gathers), min(args.blocks, 3), k, device)
+            # The graph variants' loader yields indices (the graph gathers): time that gather alone, outside it.
+            gather = ((lambda: trainer.train_source.gather(next(gathers))) if trainer.loader.as_indices
+                      else (lambda: next(gathers)))
+            data_s = time_blocks(gather, min(args.blocks, 3), k, device)
             trainer.check_finite()
             if args.profile:
-                profile_steps(step, device)
+                result.update(profile_steps(step, device))
             med = statistics.median(step_s)
             result.update(step_ms=1e3 * med, pairs_per_s=batch / med, data_ms=1e3 * statistics.median(data_s),
                           data_fraction=statistics.median(data_s) / med, step_ms_all=[1e3 * s for s in step_s])
@@ -202,8 +222,9 @@ def run_ours(args, batch: int, variant: str) -> dict:
     return result
 
 
-def profile_steps(step, device: torch.device, n: int = 20) -> None:
-    """Print where the time of n steps goes (host and device), for --profile."""
+def profile_steps(step, device: torch.device, n: int = 20) -> dict:
+    """Print where the time of n steps goes (host and device), for --profile; returns the per-step figures and
+    the tables."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
@@ -216,12 +237,18 @@ def profile_steps(step, device: torch.device, n: int = 20) -> None:
     wall = (time.perf_counter() - t) / n
     events = prof.key_averages()
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(events.table(sort_by="self_cpu_time_total", row_limit=30), flush=True)
+    tables = [events.table(sort_by="self_cpu_time_total", row_limit=30)]
+    figures: dict = {"profile_steps": n, "profile_wall_ms": wall * 1e3}
     if device.type == "cuda":
-        print(events.table(sort_by=sort, row_limit=20), flush=True)
+        tables.append(events.table(sort_by=sort, row_limit=20))
         gpu_us = sum(e.self_device_time_total for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / n
         kernels = sum(e.count for e in events if e.device_type == torch.autograd.DeviceType.CUDA) / n
-        print(f"per step (profiled): wall {wall * 1e3:.3f} ms, GPU busy {gpu_us / 1e3:.3f} ms, {kernels:.0f} GPU ops", flush=True)
+        figures.update(gpu_busy_ms=gpu_us / 1e3, gpu_busy_share=gpu_us / 1e3 / (wall * 1e3), gpu_ops_per_step=kernels)
+        tables.append(f"per step (profiled): wall {wall * 1e3:.3f} ms, GPU busy {gpu_us / 1e3:.3f} ms "
+                      f"({figures['gpu_busy_share']:.0%} of the step), {kernels:.0f} GPU ops")
+    for table in tables:
+        print(table, flush=True)
+    return {**figures, "profile_tables": tables}
 
 
 class PerSamplePairs(torch.utils.data.Dataset):
@@ -343,6 +370,8 @@ def spawn(args, who: str, batch: int, variant: str = "", epoch: bool = False, ti
             cmd += [flag, str(value)]
     if epoch:
         cmd.append("--epoch")
+    if args.profile and who == "ours" and not epoch:
+        cmd.append("--profile")
     label = f"{who} {variant} batch {batch}{' (full epoch)' if epoch else ''}"
     print(f"-- {label}", file=sys.stderr, flush=True)
     try:
@@ -379,7 +408,9 @@ def summarise(results: list[dict], ref: dict, device: torch.device, out_md: Path
         fl = r.get("achieved_flops")
         nominal = ref.get("nominal_bf16_flops")
         lines.append(
-            f"| {r['who']} | {r['variant']}{' (full epoch %.1f s)' % r['epoch_s'] if 'epoch_s' in r else ''} | {r['batch']} "
+            f"| {r['who']} | {r['variant']}{' (full epoch %.1f s)' % r['epoch_s'] if 'epoch_s' in r else ''}"
+            f"{' (GPU busy %.0f%% of the step, profiled)' % (100 * r['gpu_busy_share']) if 'gpu_busy_share' in r else ''}"
+            f" | {r['batch']} "
             f"| {r['pairs_per_s']:,.0f} | {r['step_ms']:.3f} | {r.get('data_fraction', float('nan')):.1%} "
             f"| {fl / 1e9:,.1f} G | {fl / peak:.1%} | {'%.2f%%' % (100 * fl / nominal) if nominal else '-'} "
             f"| {r['peak_host_mib']:,.0f} | {r.get('peak_device_mib', 0):,.0f} |")
@@ -410,7 +441,8 @@ def main() -> None:
     p.add_argument("--no-epoch", action="store_true", help="GPU: skip the full-epoch run")
     p.add_argument("--out", default=None, help="write the results as JSON here (and a .md table beside it)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads in every process (default: torch's)")
-    p.add_argument("--profile", action="store_true", help="(child) print a torch.profiler table of 20 steps")
+    p.add_argument("--profile", action="store_true",
+                   help="after timing each run of ours, profile 20 more steps: GPU busy share and the profiler's tables")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--who", default="ours", help=argparse.SUPPRESS)
     p.add_argument("--batch", type=int, default=128, help=argparse.SUPPRESS)
@@ -428,6 +460,9 @@ def main() -> None:
     device = torch.device(args.device)
     batches = [int(b) for b in (args.batches or ("128,8192" if gpu else "128,1024")).split(",")]
     variants = (args.variants or ("eager,compile" if gpu else "eager")).split(",")
+    for variant in [*variants, *(args.large_variants or "").split(",")]:
+        if variant:
+            parse_variant(variant)  # a typo fails here, not after minutes of measurements
     started = time.time()
     ref = matmul_reference(device)
     large_variants = args.large_variants.split(",") if args.large_variants else variants

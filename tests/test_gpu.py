@@ -20,20 +20,21 @@ pytestmark = [
 ]
 
 
-def _trainer(tmp_path, *overrides, compile_mode=None):
+def _trainer(tmp_path, *overrides, compile_mode=None, run="run", **kwargs):
     from mmvae.train import Trainer
 
     cfg = tiny_config(tmp_path, ("train.device=cuda", "data.on_device=true", "model.joint_subset_drop=0.5",
                                  "data.missing_prob=0.3", *overrides))
-    return Trainer(cfg, tmp_path / "run", compile_mode=compile_mode)
+    return Trainer(cfg, tmp_path / run, compile_mode=compile_mode, **kwargs)
 
 
-def _steps_without_host_sync(trainer, n: int) -> list[str]:
-    """Run n optimiser steps under CUDA's sync debug mode; return the synchronising calls it reported."""
+def _steps_without_host_sync(trainer, n: int, before: int = 1) -> list[str]:
+    """Run `before` steps, then n optimiser steps under CUDA's sync debug mode; return the synchronising calls it
+    reported."""
     batches = trainer.loader.epoch(0)
-    first = next(batches)  # the epoch's one host-to-device copy of its index order happens here
-    trainer._train_step([first])  # first step: lazy state (optimiser moments) is created
-    trainer.position.step += 1
+    for _ in range(before):  # the epoch's one host-to-device copy of its index order happens at the first
+        trainer._train_step([next(batches)])  # first step: lazy state (optimiser moments) is created
+        trainer.position.step += 1
     torch.cuda.synchronize()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -137,3 +138,63 @@ def test_nccl_with_one_process(tmp_path):
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     finally:
         dist.destroy_process_group()
+
+
+# --- the whole step as one CUDA graph (train.cuda_graph, mmvae/train_graph.py) -------------------------------------
+# Every step dependence at once: LR and loss-weight warm-ups, random joint subsets, missing modalities, clipping.
+GRAPH = ("train.cuda_graph=true", "train.precision=bf16", "train.warmup_steps=4", "loss.weights.kl/joint.value=1.0",
+         "loss.weights.kl/joint.warmup_steps=6", "train.grad_clip=0.5", "train.batch_size=32")
+
+
+def _graph_steps(trainer, n: int) -> list[torch.Tensor]:
+    logged, batches = [], trainer.loader.epoch(0)
+    for _ in range(n):
+        logged.append(trainer._train_step([next(batches)]))
+        trainer.position.step += 1
+    return logged
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_captured_whole_step_equals_the_uncaptured_step_bit_for_bit(tmp_path, compiled):
+    from mmvae.train_graph import EAGER_WARMUP_STEPS
+
+    extra = ("train.compile=true",) if compiled else ()
+    reference = _trainer(tmp_path, *GRAPH, *extra, run="eager", graph_capture=False)
+    expected = _graph_steps(reference, 12)  # made just before its run: the trainer seeds every RNG
+    captured = _trainer(tmp_path, *GRAPH, *extra, run="graph")
+    got = _graph_steps(captured, 12)
+    assert captured.step._graph is not None and captured.step.eager_steps == EAGER_WARMUP_STEPS
+    assert reference.step._graph is None
+    for step, (a, b) in enumerate(zip(expected, got)):
+        assert torch.equal(a, b), f"step {step}: max |difference| {(a - b).abs().max().item():.3g}"
+    for (name, p), q in zip(reference.model.named_parameters(), captured.model.parameters()):
+        assert torch.equal(p, q), f"{name}: max |difference| {(p - q).abs().max().item():.3g}"
+
+
+def test_negative_control_a_captured_step_with_another_seed_differs(tmp_path):
+    a = _graph_steps(_trainer(tmp_path, *GRAPH, run="a"), 8)
+    b = _graph_steps(_trainer(tmp_path, *GRAPH, "seed=4", run="b"), 8)
+    assert not torch.equal(a[-1], b[-1])
+
+
+def test_captured_steps_do_not_synchronise_with_the_host(tmp_path):
+    from mmvae.train_graph import EAGER_WARMUP_STEPS
+
+    trainer = _trainer(tmp_path, *GRAPH)
+    syncs = _steps_without_host_sync(trainer, 10, before=EAGER_WARMUP_STEPS + 1)  # + 1: the capture
+    assert not syncs, syncs
+    trainer.check_finite()
+
+
+def test_captured_fit_checkpoints_and_resumes_exactly(tmp_path):
+    from mmvae.checkpoint import load_latest
+
+    settings = (*GRAPH, "train.epochs=2", "train.checkpoint_every=8", "train.eval_every=8")
+    _trainer(tmp_path, *settings, run="whole").fit()
+    _trainer(tmp_path, *settings, run="parts").fit(stop_at_step=8)
+    _trainer(tmp_path, *settings, run="parts", resume=True).fit()  # a new capture after the resume
+    whole, parts = load_latest(tmp_path / "whole"), load_latest(tmp_path / "parts")
+    assert whole.state["position"] == parts.state["position"]
+    for group in ("model", "optimizer"):
+        for name, value in whole.tensors[group].items():
+            assert torch.equal(value, parts.tensors[group][name]), f"{group}/{name}"

@@ -55,9 +55,12 @@ class ShuffledBatches:
         rank: int = 0,
         world_size: int = 1,
         drop_last: bool = True,
+        as_indices: bool = False,
     ):
+        """`as_indices`: yield each batch's sample indices (B,) on the source's device instead of the batch (the
+        CUDA-graph step gathers the batch itself, inside its graph)."""
         _check_args(batch_size, rank, world_size)
-        self.source, self.batch_size, self.seed = source, batch_size, seed
+        self.source, self.batch_size, self.seed, self.as_indices = source, batch_size, seed, as_indices
         self.shuffle, self.rank, self.world_size, self.drop_last = shuffle, rank, world_size, drop_last
         self.batches_per_epoch = _batches_per_epoch(len(source), batch_size, world_size, drop_last)
 
@@ -74,12 +77,13 @@ class ShuffledBatches:
             order = torch.cat([order, order[: total - n]])
         return order[self.rank :: self.world_size]
 
-    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch]:
-        """Yield batches `start_batch..` of `epoch`, built on the source's device."""
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[Batch | torch.Tensor]:
+        """Yield batches `start_batch..` of `epoch`, built on the source's device (or their indices, `as_indices`)."""
         # One host-to-device copy per epoch; each batch is then a slice and a gather on the device.
         indices = self.epoch_indices(epoch).to(self.source.device)
         for b in range(start_batch, self.batches_per_epoch):
-            yield self.source.gather(indices[b * self.batch_size : (b + 1) * self.batch_size])
+            chosen = indices[b * self.batch_size : (b + 1) * self.batch_size]
+            yield chosen if self.as_indices else self.source.gather(chosen)
 
 
 class _SourceDataset(Dataset):
@@ -156,10 +160,13 @@ class DataLoaderBatches:
 
 
 def build_loader(source: BatchSource, kind: str, batch_size: int, seed: int, rank: int = 0, world_size: int = 1,
-                 num_workers: int = 0, pin_memory: bool = False) -> ShuffledBatches | DataLoaderBatches:
-    """The training loader named by `data.loader` ("indexed" or "dataloader")."""
+                 num_workers: int = 0, pin_memory: bool = False,
+                 as_indices: bool = False) -> ShuffledBatches | DataLoaderBatches:
+    """The training loader named by `data.loader` ("indexed" or "dataloader"; `as_indices`: indexed only)."""
     if kind == "indexed":
-        return ShuffledBatches(source, batch_size, seed, True, rank, world_size)
+        return ShuffledBatches(source, batch_size, seed, True, rank, world_size, as_indices=as_indices)
+    if as_indices:
+        raise ValueError("as_indices needs data.loader = indexed")
     if kind == "dataloader":
         return DataLoaderBatches(source, batch_size, seed, True, rank, world_size, num_workers=num_workers,
                                  pin_memory=pin_memory)

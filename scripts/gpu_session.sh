@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Everything issue 16 asks of a GPU, as one command that fits a device lease: the GPU tests, the training-step
+# benchmark (captured whole step against the plain pipeline, with profiles), then the full-budget MNIST–SVHN run
+# with whatever time is left, its evaluation and swap grids. Every figure and file goes under $OUT.
+#
+#   Here, once (pack what the device machine lacks: pydantic's wheels, the MNIST files):
+#       scripts/gpu_session.sh pack
+#   On the device machine (the `run` tool; carry .whl and .gpu_carry):
+#       scripts/gpu_session.sh run
+#   Here, without a GPU, the same stages at toy sizes (checks the script, not the figures):
+#       DEVICE=cpu SMOKE=1 OUT=/tmp/gpu_out scripts/gpu_session.sh run
+#
+# Environment (run):
+#   OUT        output folder (default: gpu_out); the device tool returns at most 8 files, so the run's outputs
+#              are packed into one archive, full_run.tar.gz
+#   STAGES     any of "env tests bench full", in that order (default: all four)
+#   TOTAL_S    wall-clock budget of the whole command in seconds (default 560: a 600 s command limit, less margin);
+#              the full run trains until TOTAL_S - EVAL_S and is then evaluated from its newest checkpoint
+#   EVAL_S     seconds kept for the evaluation and swap grids (default 90)
+#   TESTS_S, BENCH_S   limits of those stages (default 150 and 240)
+#   FULL_OVERRIDES     extra key=value overrides of the full run (e.g. train.max_steps=100000)
+#   BENCH_ARGS replaces the benchmark's variant and batch arguments
+#   DEVICE     cuda (default) or cpu; SMOKE=1 shrinks every stage
+#   PYTHON     interpreter (default python3; the device image's python3 holds torch)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+MODE=${1:-run}
+
+if [ "$MODE" = pack ]; then
+  set -e
+  # The device image has torch, numpy, h5py, safetensors, matplotlib, scipy, scikit-learn, transformers; it lacks
+  # pydantic (mmvae's configs; wandb too, which the run switches off). Its python is 3.12. The wheels match
+  # pyproject.toml's pins.
+  python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+    --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+    -d .whl pydantic==2.13.4 pydantic-core==2.46.4 annotated-types==0.8.0 typing-inspection==0.4.5
+  mkdir -p .gpu_carry/mnist
+  cp ../shared/data/mnist/*.gz ../shared/data/mnist/MD5SUMS.txt .gpu_carry/mnist/  # ../shared does not travel
+  du -sh .whl .gpu_carry
+  echo 'now: run(command="scripts/gpu_session.sh run", carry=[".whl", ".gpu_carry"], timeout_s=600)'
+  exit 0
+fi
+[ "$MODE" = run ] || { echo "gpu_session.sh: unknown mode '$MODE'; expected pack or run" >&2; exit 2; }
+
+OUT=${OUT:-gpu_out}
+STAGES=${STAGES:-"env tests bench full"}
+TOTAL_S=${TOTAL_S:-560}
+EVAL_S=${EVAL_S:-90}
+DEVICE=${DEVICE:-cuda}
+SMOKE=${SMOKE:-0}
+PYTHON=${PYTHON:-python3}
+mkdir -p "$OUT"
+LOG="$OUT/log.txt"
+log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" | tee -a "$LOG"; }
+left() { echo $(( TOTAL_S - SECONDS )); }
+export PYTHONUNBUFFERED=1 WANDB_MODE=disabled
+
+if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1 && ! "$PYTHON" -c "import pydantic" 2>/dev/null; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { log "installing the carried wheels failed"; exit 1; }
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+MMVAE=("$PYTHON" -m mmvae.cli)
+
+stage() { [[ " $STAGES " == *" $1 "* ]]; }
+
+if stage env; then
+  log "stage env"
+  { nvidia-smi 2>&1 | head -15; "$PYTHON" -c "import torch, sys; print(sys.version.split()[0], torch.__version__,
+torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA')"; nproc; git log --oneline -1; } >>"$LOG" 2>&1
+fi
+
+if stage tests; then
+  log "stage tests (limit ${TESTS_S:-150} s)"
+  timeout "${TESTS_S:-150}" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_train_graph.py \
+    >"$OUT/tests.txt" 2>&1
+  log "tests exit $? : $(tail -1 "$OUT/tests.txt")"
+fi
+
+if stage bench; then
+  if [ "$SMOKE" = 1 ]; then
+    default_bench="--batches 128 --variants graph --blocks 2 --per-block 1 --warmup 1 --no-epoch"
+  else
+    # compile:reduce-overhead is the previous best (docs/bench_train.md), measured again beside the captured step.
+    default_bench="--batches 128,8192 --variants compile:reduce-overhead,graph,compile+graph
+                   --large-variants eager,compile+graph --epoch-timeout 150 --child-timeout 120"
+  fi
+  log "stage bench (limit ${BENCH_S:-240} s)"
+  # shellcheck disable=SC2086
+  timeout "${BENCH_S:-240}" "$PYTHON" scripts/bench_train.py --device "$DEVICE" ${BENCH_ARGS:-$default_bench} --profile \
+    --out "$OUT/bench_gpu.json" >"$OUT/bench.txt" 2>&1
+  log "bench exit $?"
+  grep -E "^\||x; step time|reference matmul" "$OUT/bench.txt" >>"$LOG"
+fi
+
+if stage full; then
+  DATA=${DATA:-/tmp/mnist_svhn}
+  RUN=${RUN:-/tmp/runs/mnist_svhn_full}
+  log "stage full: prepare $DATA"
+  if [ ! -f "$DATA/manifest.json" ]; then
+    sizes=()
+    [ "$SMOKE" = 1 ] && sizes=(--svhn-train-size 2000 --svhn-test-size 500)
+    "${MMVAE[@]}" prepare mnist-svhn --raw .gpu_carry/mnist --svhn auto "${sizes[@]}" --dm 30 --seed 0 --out "$DATA" \
+      >>"$LOG" 2>&1 || { log "prepare failed"; exit 1; }
+  fi
+  if [ ! -f "$DATA/classifiers/classifiers.json" ]; then
+    "${MMVAE[@]}" classifiers "$DATA" --epochs "$([ "$SMOKE" = 1 ] && echo 1 || echo 4)" --device "$DEVICE" >>"$LOG" 2>&1 \
+      || { log "classifiers failed"; exit 1; }
+  fi
+  graph=()
+  [ "$DEVICE" = cuda ] && graph=(train.cuda_graph=true train.compile=true)
+  smoke=()
+  [ "$SMOKE" = 1 ] && smoke=(train.max_steps=40 train.eval_every=20 train.checkpoint_every=20 train.log_every=10)
+  budget=$(( $(left) - EVAL_S ))
+  log "stage full: train configs/mnist_svhn.yaml for at most ${budget} s (the run stops at its 30 epochs or there)"
+  if [ "$budget" -gt 30 ]; then
+    # shellcheck disable=SC2086
+    timeout -s INT "$budget" "${MMVAE[@]}" train configs/mnist_svhn.yaml "data.path=$DATA" "train.device=$DEVICE" \
+      logging.progress_bar=false logging.wandb_mode=disabled "${graph[@]}" "${smoke[@]}" ${FULL_OVERRIDES:-} --run-dir "$RUN" >"$OUT/train.txt" 2>&1
+    log "train exit $? (124 or 130: stopped at the time budget; the newest checkpoint is evaluated)"
+    tail -3 "$OUT/train.txt" >>"$LOG"
+    limits=()
+    [ "$SMOKE" = 1 ] && limits=(--limit 256 --iwae-samples 0 --generative-limit 256 --probe-train 512)
+    timeout "$(( $(left) > 20 ? $(left) : 20 ))" "${MMVAE[@]}" evaluate "$RUN" --device "$DEVICE" "${limits[@]}" \
+      >>"$LOG" 2>&1; log "evaluate exit $?"
+    timeout 60 "${MMVAE[@]}" swap "$RUN" --device "$DEVICE" >>"$LOG" 2>&1; log "swap exit $?"
+    # One archive: the log, summary, evaluation and grids (no checkpoints: the device tool returns 16 MiB a file).
+    tar czf "$OUT/full_run.tar.gz" -C "$(dirname "$RUN")" --exclude=checkpoints --exclude='*.lock' "$(basename "$RUN")"
+    log "packed $(du -h "$OUT/full_run.tar.gz" | cut -f1) into full_run.tar.gz"
+  else
+    log "no time left for the full run (${budget} s); run STAGES=full in a command of its own"
+  fi
+fi
+log "done in ${SECONDS} s"

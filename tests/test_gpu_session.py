@@ -1,0 +1,31 @@
+"""scripts/gpu_session.sh, the one command a GPU lease runs (issue 16): it parses, refuses an unknown mode, and its
+stages write where they say. The whole script ran on the CPU at toy sizes (DEVICE=cpu SMOKE=1) before it was
+committed; that run takes minutes, so only its cheap stage runs here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+from tests.conftest import REPO
+
+SCRIPT = REPO / "scripts" / "gpu_session.sh"
+
+
+def test_the_script_parses_and_refuses_an_unknown_mode(tmp_path):
+    assert subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True).returncode == 0
+    proc = subprocess.run(["bash", str(SCRIPT), "rnu"], capture_output=True, text=True)
+    assert proc.returncode == 2 and "unknown mode 'rnu'" in proc.stderr
+
+
+def test_the_env_stage_writes_its_log_under_out(tmp_path):
+    import sys
+
+    import torch
+
+    env = {**os.environ, "OUT": str(tmp_path / "out"), "STAGES": "env", "DEVICE": "cpu", "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(SCRIPT), "run"], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert "stage env" in log and torch.__version__ in log and "done in" in log
+    assert "stage tests" not in log and "stage full" not in log  # only the stages asked for
