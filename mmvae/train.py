@@ -100,8 +100,10 @@ class Trainer:
         # fused: one multi-tensor kernel per step (CUDA), 7x faster than the default for-loop on CPU. A captured
         # step needs the LR in a device tensor and the update capturable.
         graphed = tc.cuda_graph
-        self.optimizer = torch.optim.AdamW(groups, lr=graph_optimizer_lr(tc.lr, self.env.device) if graphed else tc.lr,
-                                           betas=tc.betas, weight_decay=tc.weight_decay, fused=True,
+        if graphed:  # one LR tensor per group: AdamW would give every group the same default tensor object
+            for group, scale in zip(groups, self.lr_scales):
+                group["lr"] = graph_optimizer_lr(tc.lr * scale, self.env.device)
+        self.optimizer = torch.optim.AdamW(groups, lr=tc.lr, betas=tc.betas, weight_decay=tc.weight_decay, fused=True,
                                            capturable=graphed and graph_capture)
         train_src, test_src = sources if sources is not None else build_sources(config)
         # Few labels (data.label_fraction): only the training batches lose labels; evaluation reads test_src and

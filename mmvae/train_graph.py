@@ -37,6 +37,10 @@ from mmvae.losses import all_term_names, compute_loss, configured_weight
 from mmvae.train_step import raise_if_non_finite
 
 EAGER_WARMUP_STEPS = 3  # uncaptured steps before the capture: lazy state (AdamW moments, cuBLAS workspaces, compile)
+# train.compile_mode -> the torch.compile mode used inside the captured step: the modes that make CUDA graphs of their
+# own (reduce-overhead; max-autotune turns inductor's cudagraphs on) become their graph-free counterparts.
+COMPILE_MODE_INSIDE_GRAPH = {None: None, "default": None, "reduce-overhead": None,
+                             "max-autotune": "max-autotune-no-cudagraphs"}
 
 
 def check_graph_config(config: ExperimentConfig, world_size: int, device: torch.device, capture: bool = True) -> None:
@@ -90,9 +94,10 @@ class GraphedTrainStep:
         self.ddp = None  # one process (check_graph_config)
         device = self.device = env.device
         self.lrs: list[Tensor] = [group["lr"] for group in optimizer.param_groups]
-        if not all(isinstance(lr, Tensor) and lr.device == device for lr in self.lrs):
-            raise ValueError("GraphedTrainStep needs an optimiser whose LRs are 0-dim tensors on the training device "
-                             "(graph_optimizer_lr)")
+        if not all(isinstance(lr, Tensor) and lr.device == device for lr in self.lrs) or \
+                len({id(lr) for lr in self.lrs}) != len(self.lrs):
+            raise ValueError("GraphedTrainStep needs an optimiser whose groups each hold their own 0-dim LR tensor on "
+                             "the training device (graph_optimizer_lr)")
         tc = config.train
         self.index = torch.zeros(tc.batch_size, dtype=torch.long, device=device)  # (B,)
         self.step_tensor = torch.zeros((), dtype=torch.long, device=device)
@@ -101,9 +106,8 @@ class GraphedTrainStep:
         self.autocast = (torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=False)
                          if tc.precision == "bf16" else nullcontext())
         self.forward_loss = self._forward_loss
-        if tc.compile:  # default mode: fused kernels, no CUDA graphs of torch.compile's own inside ours
-            self.forward_loss = torch.compile(self._forward_loss, mode=None if compile_mode == "reduce-overhead"
-                                              else compile_mode)
+        if tc.compile:  # fused kernels, never CUDA graphs of torch.compile's own inside ours
+            self.forward_loss = torch.compile(self._forward_loss, mode=COMPILE_MODE_INSIDE_GRAPH.get(compile_mode))
         self.log_names: list[str] | None = None
         self._first_bad: Tensor | None = None  # (values,) long: first step at which each value was non-finite, or -1
         self._logged: Tensor | None = None  # (values,) the graph's output
@@ -171,8 +175,13 @@ class GraphedTrainStep:
     def _capture_and_replay(self) -> None:
         self.optimizer.zero_grad(set_to_none=True)  # the captured backward allocates .grad in the graph's pool
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            logged = self._body()
+        try:
+            with torch.cuda.graph(graph):
+                logged = self._body()
+        except RuntimeError as e:  # e.g. a source or modality that copies to the host inside its gather or forward
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(f"key 'train.cuda_graph': this model and data cannot be captured as one CUDA graph "
+                              f"({first}); set train.cuda_graph=false") from e
         self._graph, self._logged = graph, logged
         graph.replay()  # capturing records the step without running it
 

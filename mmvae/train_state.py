@@ -54,14 +54,16 @@ def optimizer_to_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor],
 
 def optimizer_from_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict) -> None:
     """Inverse of optimizer_to_tensors. A tensor LR stays the same tensor object (a captured CUDA graph reads it),
-    now holding the saved value."""
+    now holding the saved value; `capturable` stays this optimiser's (how the update runs, not its state)."""
     tensor_lrs = [g["lr"] if isinstance(g["lr"], Tensor) else None for g in opt.param_groups]
+    capturable = [g.get("capturable", False) for g in opt.param_groups]
     state: dict[int, dict] = {}
     for flat, value in list(tensors.items()) + list(meta["scalars"].items()):
         pid, key = flat.split(".", 1)
         state.setdefault(int(pid), {})[key] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    for group, tensor in zip(opt.param_groups, tensor_lrs):
+    for group, tensor, flag in zip(opt.param_groups, tensor_lrs, capturable):
+        group["capturable"] = flag
         if tensor is not None:
             tensor.fill_(float(group["lr"]))
             group["lr"] = tensor

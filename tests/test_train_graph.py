@@ -16,8 +16,9 @@ from mmvae.train import Trainer
 from tests.conftest import tiny_config
 
 # Every step dependence at once: an LR warm-up, a loss-weight warm-up, random subsets for the joint encoder,
-# missing modalities (masked terms) and gradient clipping.
-SETTINGS = ("data.on_device=true", "train.warmup_steps=4", "loss.weights.kl/joint.value=1.0",
+# missing modalities (masked terms) and gradient clipping. On the CPU even where a GPU is (the GPU comparisons are
+# in tests/test_gpu.py).
+SETTINGS = ("train.device=cpu", "data.on_device=true", "train.warmup_steps=4", "loss.weights.kl/joint.value=1.0",
             "loss.weights.kl/joint.warmup_steps=6", "model.joint_subset_drop=0.5", "data.missing_prob=0.3",
             "train.grad_clip=0.5", "train.batch_size=32")
 
@@ -51,6 +52,45 @@ def test_uncaptured_graph_step_equals_the_plain_step_bit_for_bit(tmp_path):
     # The graph step's LR is a tensor the optimiser reads; it holds the scheduled value.
     assert isinstance(graphed.optimizer.param_groups[0]["lr"], torch.Tensor)
     assert float(graphed.optimizer.param_groups[0]["lr"]) == pytest.approx(plain.optimizer.param_groups[0]["lr"])
+
+
+def test_each_parameter_group_keeps_its_own_lr_tensor(tmp_path):
+    # The private adversary's classifiers learn at 10x the LR: a second group (tests/test_remedies.py).
+    adversary = "model.heads={adversary: {kind: private_adversary, hidden: [8], options: {num_classes: 10, lr_scale: 10.0}}}"
+    plain = _trainer(tmp_path, adversary)
+    a = _run(plain, 5)
+    graphed = _trainer(tmp_path, adversary, "train.cuda_graph=true", graph_capture=False)
+    b = _run(graphed, 5)
+    lrs = [g["lr"] for g in graphed.optimizer.param_groups]
+    assert len(lrs) == 2 and lrs[0] is not lrs[1]
+    assert [float(x) for x in lrs] == pytest.approx([g["lr"] for g in plain.optimizer.param_groups])
+    assert float(lrs[1]) == pytest.approx(10 * float(lrs[0]))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    for p, q in zip(plain.model.parameters(), graphed.model.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_a_resumed_optimiser_keeps_its_own_capturable_flag_and_lr_tensor():
+    from mmvae.train_state import optimizer_from_tensors, optimizer_to_tensors
+
+    saved = torch.optim.AdamW([torch.nn.Parameter(torch.ones(3))], lr=1e-3, fused=True)
+    saved.param_groups[0]["params"][0].grad = torch.ones(3)
+    saved.step()
+    tensors, meta = optimizer_to_tensors(saved)
+    lr = torch.tensor(5e-4, dtype=torch.float64)
+    target = torch.optim.AdamW([{"params": [torch.nn.Parameter(torch.ones(3))], "lr": lr}], fused=True, capturable=True)
+    optimizer_from_tensors(target, tensors, meta)
+    group = target.param_groups[0]
+    assert group["capturable"] is True and group["lr"] is lr and float(lr) == 1e-3
+
+
+def test_compile_modes_inside_the_graph_make_no_cuda_graphs_of_their_own():
+    from mmvae.config import TrainConfig
+    from mmvae.train_graph import COMPILE_MODE_INSIDE_GRAPH
+
+    modes = TrainConfig.model_fields["compile_mode"].annotation.__args__[0].__args__  # Literal[...] | None
+    assert set(COMPILE_MODE_INSIDE_GRAPH) == {None, *modes}
+    assert all(m is None or "cudagraphs" in m for m in COMPILE_MODE_INSIDE_GRAPH.values())
 
 
 def test_negative_control_a_different_weight_schedule_changes_the_graph_step(tmp_path):
