@@ -186,3 +186,25 @@ def test_cli_refuses_cuda_graph_on_a_cpu_in_one_line(tmp_path):
     assert len(lines) == 1 and "train.cuda_graph" in lines[0] and "CUDA device" in lines[0], proc.stderr
     assert "Traceback" not in proc.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_a_step_that_cannot_be_captured_is_a_one_line_config_error(tmp_path, monkeypatch):
+    """What a capture reports for a host copy inside the step (simulated: the capture itself needs a GPU)."""
+    from contextlib import contextmanager
+
+    import mmvae.train_graph as graph_module
+
+    @contextmanager
+    def refusing_capture(graph):
+        yield
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nCUDA kernel errors ...")
+
+    monkeypatch.setattr(graph_module.torch.cuda, "CUDAGraph", lambda: object())
+    monkeypatch.setattr(graph_module.torch.cuda, "graph", refusing_capture)
+    trainer = _trainer(tmp_path, "train.cuda_graph=true", graph_capture=False)
+    step = trainer.step
+    step.capture, step.eager_steps = True, graph_module.EAGER_WARMUP_STEPS  # the next call captures
+    with pytest.raises(ConfigError, match=r"^key 'train.cuda_graph': this model and data cannot be captured as one "
+                                          r"CUDA graph \(CUDA error: operation not permitted when stream is "
+                                          r"capturing\); set train.cuda_graph=false$"):
+        trainer._train_step([next(trainer.loader.epoch(0))])
