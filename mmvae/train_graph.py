@@ -1,5 +1,5 @@
 """The whole optimiser step as one CUDA graph (`train.cuda_graph`): gather, forward, loss, backward, clipping,
-AdamW and the non-finite bookkeeping, replayed with one launch per step.
+AdamW and the non-finite bookkeeping, replayed with one graph launch per step.
 
 Why: at batch 128 the GPU needs about 1 ms for a MNIST-SVHN step, while the host needs about 4 ms to launch it
 (docs/bench_train.md). A graph replay costs the host a few microseconds. What the graph may not contain is
@@ -17,9 +17,9 @@ The same step runs uncaptured (`capture=False`, on a CPU and in the tests): that
 replay is compared with, bit for bit, in tests/test_gpu.py. With `train.compile` the forward and loss are compiled
 (default mode: fused kernels, no CUDA graphs of its own) and then captured with the rest.
 
-Limits (refused with a one-line error in `check_graph_config`): one process (DDP's bucketed all-reduce is not
-captured here), `grad_accum_steps` 1, `data.loader` indexed with `data.on_device` (the source's gather must be
-a pure device computation), and a batch source whose gather has fixed shapes.
+Limits, refused in one line naming the key by `check_graph_config` before training: one process (DDP's
+bucketed all-reduce is not captured here), `grad_accum_steps` 1, `data.loader` indexed with `data.on_device`.
+A source or modality whose gather or forward copies to the host is refused at the capture, after the warm-up steps.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from mmvae.config import ConfigError, ExperimentConfig, LossConfig
 from mmvae.data.source import BatchSource
 from mmvae.families.base import MultimodalModel
 from mmvae.losses import all_term_names, compute_loss, configured_weight
-from mmvae.train_step import raise_if_non_finite
+from mmvae.train_step import clip_and_update, note_non_finite, raise_if_non_finite
 
 EAGER_WARMUP_STEPS = 3  # uncaptured steps before the capture: lazy state (AdamW moments, cuBLAS workspaces, compile)
 # train.compile_mode -> the torch.compile mode used inside the captured step: the modes that make CUDA graphs of their
@@ -112,6 +112,7 @@ class GraphedTrainStep:
         self._first_bad: Tensor | None = None  # (values,) long: first step at which each value was non-finite, or -1
         self._logged: Tensor | None = None  # (values,) the graph's output
         self._graph: torch.cuda.CUDAGraph | None = None
+        self._side_stream = torch.cuda.Stream() if capture else None  # where the warm-up steps run
         self.eager_steps = 0
 
     # --- the step's body: pure device work, no host decision depending on a device value ------------------------
@@ -128,15 +129,8 @@ class GraphedTrainStep:
         if self.log_names is None:
             self.log_names = [*terms, "grad_norm"]
         values = torch.stack([terms[k] for k in self.log_names[:-1]]).float()  # (terms,)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        clip = self.config.train.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"), foreach=True)
-        self.optimizer.step()
-        logged = torch.cat([values, grad_norm.detach().float().reshape(1)])  # (values,)
-        if self._first_bad is None:
-            self._first_bad = torch.full(logged.shape, -1, dtype=torch.long, device=self.device)
-        newly_bad = ~torch.isfinite(logged) & (self._first_bad < 0)
-        self._first_bad.copy_(torch.where(newly_bad, self.step_tensor + 1, self._first_bad))
+        logged = clip_and_update(self.model, self.optimizer, self.config.train.grad_clip, values)  # (terms + 1,)
+        self._first_bad = note_non_finite(self._first_bad, logged, self.step_tensor)  # made in a warm-up step
         return logged
 
     # --- the host side: write the inputs, then run or replay ---------------------------------------------------
@@ -161,7 +155,7 @@ class GraphedTrainStep:
 
     def _run_eagerly(self) -> None:
         # Warm-up steps run on a side stream, as torch.cuda.graph's documentation asks before a capture.
-        side = torch.cuda.Stream() if self.capture else None
+        side = self._side_stream
         if side is not None:
             side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side) if side is not None else nullcontext():

@@ -97,25 +97,35 @@ class TrainStep:
                 self.log_names = [*terms, "grad_norm"]
             values = torch.stack([terms[k] for k in self.log_names[:-1]]).float()  # (terms,)
             logged = values if n == 1 else (values / n if logged is None else logged + values / n)
-        params = [p for p in self.model.parameters() if p.grad is not None]
-        clip = self.config.train.grad_clip
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"), foreach=True)
-        self.optimizer.step()
+        logged = clip_and_update(self.model, self.optimizer, self.config.train.grad_clip, logged)
         self.optimizer.zero_grad(set_to_none=True)
-        logged = torch.cat([logged, grad_norm.detach().float().reshape(1)])
-        self._note_non_finite(logged, step)
+        self._first_bad = note_non_finite(self._first_bad, logged, step)
         return logged
-
-    def _note_non_finite(self, values: Tensor, step: int) -> None:
-        """Remember, per term, the first step at which it was non-finite (device tensors; no sync)."""
-        if self._first_bad is None:
-            self._first_bad = torch.full(values.shape, -1, dtype=torch.long, device=values.device)
-        newly_bad = ~torch.isfinite(values) & (self._first_bad < 0)
-        self._first_bad = torch.where(newly_bad, step + 1, self._first_bad)
 
     def check_finite(self) -> None:
         """Synchronise the non-finite flags across ranks; every rank raises the same error."""
         raise_if_non_finite(self._first_bad, self.log_names, self.env)
+
+
+def clip_and_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: float | None,
+                    values: Tensor) -> Tensor:
+    """Clip the gradients (foreach, no sync), take the optimiser step; returns `values` (terms,) with the
+    pre-clip gradient norm appended: the logged vector (terms + 1,)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip if clip else float("inf"), foreach=True)
+    optimizer.step()
+    return torch.cat([values, grad_norm.detach().float().reshape(1)])
+
+
+def note_non_finite(first_bad: Tensor | None, values: Tensor, step: int | Tensor) -> Tensor:
+    """`first_bad` (values,) long — per logged value, the step + 1 at which it was first non-finite, or -1 —
+    updated in place with this step's `values` (made on the first call). Device tensors only: no sync, and the
+    same buffer at every step, as a CUDA graph needs."""
+    if first_bad is None:
+        first_bad = torch.full(values.shape, -1, dtype=torch.long, device=values.device)
+    newly_bad = ~torch.isfinite(values) & (first_bad < 0)
+    first_bad.copy_(torch.where(newly_bad, step + 1, first_bad))
+    return first_bad
 
 
 def raise_if_non_finite(first_bad: Tensor | None, names: list[str] | None, env: distributed.DistEnv) -> None:

@@ -56,6 +56,13 @@ EVAL_S=${EVAL_S:-110}
 DEVICE=${DEVICE:-cuda}
 SMOKE=${SMOKE:-0}
 PYTHON=${PYTHON:-python3}
+for s in $STAGES; do
+  case "$s" in env|tests|bench|full) ;; *) echo "gpu_session.sh: unknown stage '$s' in STAGES; expected env, tests, bench, full" >&2; exit 2;; esac
+done
+if [ "$DEVICE" = cuda ] && ! "$PYTHON" -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  echo "gpu_session.sh: DEVICE=cuda but $PYTHON sees no CUDA device here (on a CPU: DEVICE=cpu SMOKE=1)" >&2
+  exit 2
+fi
 mkdir -p "$OUT"
 LOG="$OUT/log.txt"
 log() { echo "[$(date -u +%H:%M:%S) +${SECONDS}s] $*" | tee -a "$LOG"; }

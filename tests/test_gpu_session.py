@@ -18,6 +18,23 @@ def test_the_script_parses_and_refuses_an_unknown_mode(tmp_path):
     assert proc.returncode == 2 and "unknown mode 'rnu'" in proc.stderr
 
 
+def test_usual_mistakes_are_one_line_errors_before_anything_is_written(tmp_path):
+    import sys
+
+    import pytest
+    import torch
+
+    base = {**os.environ, "OUT": str(tmp_path / "out"), "PYTHON": sys.executable}
+    proc = subprocess.run(["bash", str(SCRIPT), "run"], capture_output=True, text=True,
+                          env={**base, "STAGES": "env bnech", "DEVICE": "cpu"})
+    assert proc.returncode == 2 and "unknown stage 'bnech'" in proc.stderr
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    proc = subprocess.run(["bash", str(SCRIPT), "run"], capture_output=True, text=True, env=base)  # DEVICE=cuda
+    assert proc.returncode == 2 and "no CUDA device" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_the_env_stage_writes_its_log_under_out(tmp_path):
     import sys
 
